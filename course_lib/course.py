@@ -1,0 +1,118 @@
+"""One call that gives a notebook its data: ``course = setup()``.
+
+>>> course = setup(scale="tiny", backends="sqlite")
+>>> course.sqlite.name
+'sqlite'
+
+``setup`` picks the scale and backends (arguments, else ``COURSE_SCALE`` /
+``COURSE_BACKENDS``, else the choice saved in notebook 00, else small on both), makes sure
+each backend holds that scale's dataset (building it only when missing), and returns a
+:class:`Course`. In IPython it also makes :class:`CourseConfigError` show as one line.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from .backends import Backend
+from .data import build, dataset, expected_rows
+from .settings import CourseConfigError, Scale, choose_backends, choose_scale, seed
+
+
+@dataclass
+class Course:
+    """The backends a notebook works with, all holding the same dataset."""
+
+    scale: Scale
+    backends: list[Backend]
+
+    def __getitem__(self, name: str) -> Backend:
+        for db in self.backends:
+            if db.name == name:
+                return db
+        raise CourseConfigError(
+            f"Backend {name!r} is not in use here: run setup(backends='sqlite,postgresql') "
+            "or set COURSE_BACKENDS."
+        )
+
+    @property
+    def sqlite(self) -> Backend:
+        """The SQLite backend."""
+        return self["sqlite"]
+
+    @property
+    def postgres(self) -> Backend:
+        """The PostgreSQL backend."""
+        return self["postgresql"]
+
+    @property
+    def names(self) -> list[str]:
+        """Backend names in use, SQLite first."""
+        return [db.name for db in self.backends]
+
+    def rebuild(self, *, progress: bool = True) -> pd.DataFrame:
+        """Drop and rebuild the dataset on every backend, with a progress bar; one row each."""
+        reports = [build(db, self.scale, force=True, progress=progress) for db in self.backends]
+        return pd.DataFrame(
+            [
+                {
+                    "backend": r.backend,
+                    "database": r.database,
+                    "rows": sum(r.rows.values()),
+                    "seconds": round(r.seconds, 2),
+                }
+                for r in reports
+            ]
+        )
+
+    def describe(self) -> pd.DataFrame:
+        """Where each backend's data lives (varies by machine: not for checked output)."""
+        return pd.DataFrame(
+            [
+                {
+                    "backend": db.name,
+                    "database": db.database,
+                    "source": db.source,
+                    "async driver": db.async_url.get_driver_name(),
+                    "sync driver": db.sync_url.get_driver_name(),
+                }
+                for db in self.backends
+            ]
+        )
+
+    def __repr__(self) -> str:
+        rows = expected_rows(self.scale)
+        counts = ", ".join(f"{n:,} {table}" for table, n in rows.items() if table != "post_tags")
+        return (
+            f"Scale {self.scale.name!r} (seed {seed()}): {counts}\n"
+            f"Backends: {', '.join(self.names)}"
+        )
+
+
+def _one_line_errors() -> None:
+    """In IPython, show CourseConfigError as its message, not a traceback."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython ships with the course
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def handler(
+        _shell: Any, _etype: type, value: BaseException, _tb: Any, tb_offset: Any = None
+    ) -> None:
+        print(f"CourseConfigError: {value}", file=sys.stderr)
+
+    shell.set_custom_exc((CourseConfigError,), handler)
+
+
+def setup(scale: str | None = None, backends: str | list[str] | None = None) -> Course:
+    """Backends holding ``scale``'s dataset, built if needed (see the module docstring)."""
+    _one_line_errors()
+    chosen = choose_scale(scale)
+    return Course(chosen, [dataset(name, chosen) for name in choose_backends(backends)])

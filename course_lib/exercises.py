@@ -1,0 +1,176 @@
+"""Exercise checks: judge a learner's function by its result and a statement budget.
+
+>>> from course_lib.backends import sqlite
+>>> def stub(session):
+...     raise NotImplementedError("your turn")
+>>> check(stub, sqlite("course_tiny"), expected=[], budget=1).status
+'not attempted'
+
+An untouched stub gives a friendly "not attempted yet" (so nbval stays green); a wrong
+result or a blown budget gives a one-line verdict; the solution cell asserts ``.passed``.
+The learner's function receives a fresh ``Session`` (``acheck``: an ``AsyncSession``), so
+nothing is served from an identity map left over by earlier cells.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event
+
+from .backends import Backend
+from .measure import StatementLog, count_statements
+from .models import Base
+
+
+@dataclass
+class CheckResult:
+    """The verdict on one attempt; its repr is the one line a learner reads."""
+
+    status: str  # "passed", "not attempted", "wrong result", "over budget", "loaded entities"
+    message: str
+    statements: int | None = None
+    budget: int | None = None
+    entities: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True only when result, budget and entity rules all hold."""
+        return self.status == "passed"
+
+    def __repr__(self) -> str:
+        return self.message
+
+
+@contextmanager
+def _entities_loaded() -> Iterator[Counter[str]]:
+    """Count ORM instances loaded from rows, by class name, while the block runs."""
+    loaded: Counter[str] = Counter()
+
+    def on_load(target: Any, _context: Any) -> None:
+        loaded[type(target).__name__] += 1
+
+    event.listen(Base, "load", on_load, propagate=True)
+    try:
+        yield loaded
+    finally:
+        event.remove(Base, "load", on_load)
+
+
+class _Attempt:
+    """Shared judging for :func:`check` and :func:`acheck`."""
+
+    def __init__(
+        self,
+        expected: Any,
+        budget: int,
+        forbid: tuple[type, ...],
+        normalize: Callable[[Any], Any] | None,
+    ):
+        self.expected, self.budget, self.forbid = expected, budget, forbid
+        self.normalize = normalize or (lambda value: value)
+
+    def not_attempted(self) -> CheckResult:
+        return CheckResult(
+            "not attempted",
+            "⏳ Not attempted yet: replace the "
+            "`raise NotImplementedError` with your code, then run this cell again.",
+            budget=self.budget,
+        )
+
+    def judge(self, result: Any, log: StatementLog, loaded: Counter[str]) -> CheckResult:
+        count = log.count
+        common = {"statements": count, "budget": self.budget, "entities": dict(loaded)}
+        if self.normalize(result) != self.normalize(self.expected):
+            return CheckResult(
+                "wrong result",
+                "✗ Wrong result: it differs from the reference "
+                f"answer ({_describe(result)} vs {_describe(self.expected)}).",
+                **common,
+            )
+        if count > self.budget:
+            return CheckResult(
+                "over budget",
+                f"✗ Right result, but {count} statements: the "
+                f"budget is {self.budget}. Look for a loop that loads lazily.",
+                **common,
+            )
+        banned = {
+            name: n for name, n in loaded.items() if name in {cls.__name__ for cls in self.forbid}
+        }
+        if banned:
+            names = ", ".join(f"{n} {name}" for name, n in banned.items())
+            return CheckResult(
+                "loaded entities",
+                f"✗ Right result and {count} statement(s), "
+                f"but it loaded full ORM objects ({names}): select columns.",
+                **common,
+            )
+        return CheckResult(
+            "passed",
+            f"✓ Passed: right result in {count} statement(s) (budget {self.budget}).",
+            **common,
+        )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list | tuple | set | dict):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def check(
+    solution: Callable[[Any], Any],
+    backend: Backend,
+    *,
+    expected: Any,
+    budget: int,
+    forbid_entities: tuple[type, ...] = (),
+    normalize: Callable[[Any], Any] | None = None,
+) -> CheckResult:
+    """Run ``solution(session)`` on a fresh sync Session and judge it.
+
+    ``expected`` is the reference result; ``budget`` the most statements allowed;
+    ``forbid_entities`` ORM classes that must not be loaded; ``normalize`` maps results
+    before comparing (e.g. ``sorted``).
+    """
+    if inspect.iscoroutinefunction(solution):
+        raise TypeError("solution is async: use `await acheck(...)`")
+    attempt = _Attempt(expected, budget, forbid_entities, normalize)
+    with (
+        backend.Session() as session,
+        count_statements(backend) as log,
+        _entities_loaded() as loaded,
+    ):
+        try:
+            result = solution(session)
+        except NotImplementedError:
+            return attempt.not_attempted()
+    return attempt.judge(result, log, loaded)
+
+
+async def acheck(
+    solution: Callable[[Any], Any],
+    backend: Backend,
+    *,
+    expected: Any,
+    budget: int,
+    forbid_entities: tuple[type, ...] = (),
+    normalize: Callable[[Any], Any] | None = None,
+) -> CheckResult:
+    """Like :func:`check`, giving ``solution`` a fresh AsyncSession and awaiting it."""
+    attempt = _Attempt(expected, budget, forbid_entities, normalize)
+    async with backend.AsyncSession() as session:
+        with count_statements(backend) as log, _entities_loaded() as loaded:
+            try:
+                result = solution(session)
+                if inspect.isawaitable(result):
+                    result = await result
+            except NotImplementedError:
+                return attempt.not_attempted()
+    return attempt.judge(result, log, loaded)
