@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from .backends import Backend
-from .data import build, dataset, expected_rows
+from .data import build, dataset, expected_rows, row_counts
 from .settings import CourseConfigError, Scale, choose_backends, choose_scale, seed
 
 
@@ -68,6 +68,13 @@ class Course:
                 for r in reports
             ]
         )
+
+    def row_counts(self) -> pd.DataFrame:
+        """Rows per table on each backend, counted now, and whether all backends agree."""
+        frame = pd.DataFrame({db.name: row_counts(db) for db in self.backends})
+        frame["expected"] = pd.Series(expected_rows(self.scale))
+        frame["all equal"] = frame.nunique(axis=1).eq(1)
+        return frame
 
     def describe(self) -> pd.DataFrame:
         """Where each backend's data lives (varies by machine: not for checked output)."""

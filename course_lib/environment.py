@@ -116,3 +116,13 @@ def environment_report(backends: list[str] | None = None, redis: bool = True) ->
         }
     )
     return pd.DataFrame(rows)
+
+
+def servers_ready(report: pd.DataFrame) -> list[str]:
+    """The servers that answered; raises CourseConfigError naming any that did not."""
+    servers = report[report["component"].str.endswith(" server")]
+    down = servers[servers["status"] != "ok"]
+    if not down.empty:
+        pairs = zip(down["component"], down["detail"], strict=True)
+        raise CourseConfigError("; ".join(f"{c}: {d}" for c, d in pairs))
+    return list(servers["component"])
