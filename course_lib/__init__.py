@@ -26,6 +26,7 @@ from .measure import (
     round_trip_ms,
     scaling,
     simulate_round_trip,
+    speedup,
 )
 from .plots import bar_chart, scaling_chart
 from .settings import CourseConfigError
@@ -55,4 +56,5 @@ __all__ = [
     "scaling_chart",
     "setup",
     "simulate_round_trip",
+    "speedup",
 ]

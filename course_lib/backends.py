@@ -53,6 +53,10 @@ class Backend:
     def __repr__(self) -> str:
         return f"<Backend {self.name} database={self.database}>"
 
+    def fresh(self) -> Backend:
+        """The same database with new engines: nothing connected or compiled yet (cold)."""
+        return Backend(self.name, self.sync_url, self.async_url, self.source, self.database)
+
     @cached_property
     def sync_engine(self) -> Engine:
         """The sync engine (sqlite3 or psycopg), created once per Backend."""

@@ -124,24 +124,39 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+_MISSING: Any = object()
+
+
+def _expected(backend: Backend, expected: Any, reference: Callable[[Any], Any] | None) -> Any:
+    """The reference answer: given, or computed by ``reference(session)`` (not counted)."""
+    if (expected is _MISSING) == (reference is None):
+        raise TypeError("pass exactly one of expected= or reference=")
+    if reference is None:
+        return expected
+    with backend.Session() as session:
+        return reference(session)
+
+
 def check(
     solution: Callable[[Any], Any],
     backend: Backend,
     *,
-    expected: Any,
     budget: int,
+    expected: Any = _MISSING,
+    reference: Callable[[Any], Any] | None = None,
     forbid_entities: tuple[type, ...] = (),
     normalize: Callable[[Any], Any] | None = None,
 ) -> CheckResult:
     """Run ``solution(session)`` on a fresh sync Session and judge it.
 
-    ``expected`` is the reference result; ``budget`` the most statements allowed;
+    ``expected`` is the reference result, or ``reference(session)`` computes it (a sync
+    function, run on its own session and not counted); ``budget`` the most statements allowed;
     ``forbid_entities`` ORM classes that must not be loaded; ``normalize`` maps results
     before comparing (e.g. ``sorted``).
     """
     if inspect.iscoroutinefunction(solution):
         raise TypeError("solution is async: use `await acheck(...)`")
-    attempt = _Attempt(expected, budget, forbid_entities, normalize)
+    attempt = _Attempt(_expected(backend, expected, reference), budget, forbid_entities, normalize)
     with (
         backend.Session() as session,
         count_statements(backend) as log,
@@ -158,13 +173,14 @@ async def acheck(
     solution: Callable[[Any], Any],
     backend: Backend,
     *,
-    expected: Any,
     budget: int,
+    expected: Any = _MISSING,
+    reference: Callable[[Any], Any] | None = None,
     forbid_entities: tuple[type, ...] = (),
     normalize: Callable[[Any], Any] | None = None,
 ) -> CheckResult:
     """Like :func:`check`, giving ``solution`` a fresh AsyncSession and awaiting it."""
-    attempt = _Attempt(expected, budget, forbid_entities, normalize)
+    attempt = _Attempt(_expected(backend, expected, reference), budget, forbid_entities, normalize)
     async with backend.AsyncSession() as session:
         with count_statements(backend) as log, _entities_loaded() as loaded:
             try:

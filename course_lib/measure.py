@@ -47,6 +47,7 @@ __all__ = [
     "Timing",
     "abenchmark",
     "acompare",
+    "added_latency",
     "apeak_memory",
     "ascaling",
     "benchmark",
@@ -57,6 +58,7 @@ __all__ = [
     "round_trip_ms",
     "scaling",
     "simulate_round_trip",
+    "speedup",
 ]
 
 Target = Backend | Engine | AsyncEngine
@@ -445,6 +447,28 @@ async def acompare(
 ) -> pd.DataFrame:
     """:func:`ascaling` at a single n."""
     return await ascaling(strategies, backends, [n], **kwargs)
+
+
+def speedup(
+    frame: pd.DataFrame, slow: Callable[..., Any] | str, fast: Callable[..., Any] | str
+) -> pd.Series:
+    """Median of ``slow`` divided by median of ``fast``, per backend (and n): "×N faster"."""
+    pick = {name: label_of(f) if callable(f) else f for name, f in (("slow", slow), ("fast", fast))}
+    medians = frame.set_index(["strategy", "backend", "n"])["median"]
+    result = medians.xs(pick["slow"], level="strategy") / medians.xs(pick["fast"], level="strategy")
+    return result.rename(f"{pick['slow']} / {pick['fast']}")
+
+
+def added_latency(local: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
+    """What a simulated round trip added to each strategy: in total and per statement (ms)."""
+    keys = ["strategy", "n"]
+    joined = local.merge(simulated, on=keys, suffixes=(" local", " simulated"))
+    joined["added"] = joined["median simulated"] - joined["median local"]
+    joined["statements"] = joined["statements simulated"]
+    joined["added per statement"] = joined["added"] / joined["statements"]
+    return joined[
+        [*keys, "statements", "median local", "median simulated", "added", "added per statement"]
+    ]
 
 
 # ------------------------------------------------------------------------------ memory

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import pandas as pd
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKEND_NAMES = ("sqlite", "postgresql")
 
@@ -147,3 +149,23 @@ def choose_backends(names: list[str] | str | None = None) -> list[str]:
             f"{', '.join(BACKEND_NAMES)}, e.g. COURSE_BACKENDS=sqlite."
         )
     return [n for n in BACKEND_NAMES if n in names]
+
+
+def scales_table() -> pd.DataFrame:
+    """One row per scale: how many rows of each kind it builds."""
+
+    return pd.DataFrame(
+        [
+            {
+                "scale": s.name,
+                "users": s.users,
+                "posts": s.posts,
+                "comments": s.comments,
+                "tags": s.tags,
+                "dealerships": s.dealerships,
+                "cars": s.cars,
+                "body chars": s.body_chars,
+            }
+            for s in scales().values()
+        ]
+    ).set_index("scale")
