@@ -200,7 +200,11 @@ def simulate_round_trip(target: Target, ms: float = 0.5) -> Iterator[float]:
     seconds = ms / 1000.0
 
     def sync_delay(*_args: Any) -> None:
-        time.sleep(seconds)
+        # sleep most of it, then spin: time.sleep alone overshoots sub-millisecond delays
+        deadline = time.perf_counter() + seconds
+        time.sleep(max(0.0, seconds - 0.0002))
+        while time.perf_counter() < deadline:
+            pass
 
     def async_delay(*_args: Any) -> None:
         await_only(asyncio.sleep(seconds))
