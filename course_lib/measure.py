@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from sqlalchemy import Engine, event
@@ -77,8 +77,7 @@ def _sync_engines(target: Target) -> list[Engine]:
 # --------------------------------------------------------------------------- counting
 
 
-@dataclass(frozen=True)
-class Statement:
+class Statement(NamedTuple):
     """One statement sent to the driver: its SQL, how many parameter sets, and its duration."""
 
     sql: str
@@ -153,19 +152,17 @@ def count_statements(target: Target) -> Iterator[StatementLog]:
     """
     log = StatementLog()
 
-    def before(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        conn.info.setdefault("_course_t0", []).append(time.perf_counter())
+    record = log.statements.append
+    clock = time.perf_counter
 
-    def after(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        started = conn.info["_course_t0"].pop()
-        sets = len(parameters) if executemany and parameters is not None else 1
-        log.statements.append(
-            Statement(statement, sets, executemany, time.perf_counter() - started)
-        )
+    # These run for every statement, so they do as little as possible: the start time
+    # rides on the execution context, and a Statement is a plain named tuple.
+    def before(_conn: Any, _cur: Any, _sql: str, _params: Any, context: Any, _many: bool) -> None:
+        context._course_t0 = clock()
+
+    def after(_conn: Any, _cur: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        elapsed = clock() - context._course_t0
+        record(Statement(sql, len(params) if many and params is not None else 1, many, elapsed))
 
     engines = _sync_engines(target)
     for engine in engines:
