@@ -62,12 +62,22 @@ def test_markers_for_embedded_servers_match() -> None:
     for req in _declared():
         if req.marker is None:
             continue
-        version, marker = pins[canonicalize_name(req.name)]
+        _version, marker = pins[canonicalize_name(req.name)]
         assert marker is not None, f"{req.name} lost its environment marker in the lock"
-        for env in ({"python_full_version": "3.11.7", "python_version": "3.11",
-                     "sys_platform": "linux", "implementation_name": "cpython"},
-                    {"python_full_version": "3.13.1", "python_version": "3.13",
-                     "sys_platform": "linux", "implementation_name": "cpython"}):
+        for env in (
+            {
+                "python_full_version": "3.11.7",
+                "python_version": "3.11",
+                "sys_platform": "linux",
+                "implementation_name": "cpython",
+            },
+            {
+                "python_full_version": "3.13.1",
+                "python_version": "3.13",
+                "sys_platform": "linux",
+                "implementation_name": "cpython",
+            },
+        ):
             assert req.marker.evaluate(env) == Marker(marker).evaluate(env), req.name
 
 
