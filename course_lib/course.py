@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from .backends import Backend
-from .data import build, dataset, expected_rows, row_counts
+from .backends import Backend, backend
+from .data import build, dataset, expected_rows, reset_schema, row_counts
 from .settings import CourseConfigError, Scale, choose_backends, choose_scale, seed
 
 
@@ -68,6 +68,15 @@ class Course:
                 for r in reports
             ]
         )
+
+    def scratch(self, name: str) -> Course:
+        """Empty course tables in databases ``scratch_<name>``, on the same backends.
+
+        Notebooks that write (bulk inserts, upserts, deletes) work there, so the shared
+        dataset stays exactly as built. Each call starts from empty tables.
+        """
+        dbs = [reset_schema(backend(db.name, f"scratch_{name}")) for db in self.backends]
+        return Course(self.scale, dbs)
 
     def row_counts(self) -> pd.DataFrame:
         """Rows per table on each backend, counted now, and whether all backends agree."""

@@ -348,6 +348,14 @@ def build(
     return BuildReport(db.name, db.database, scale.name, True, seconds, row_counts(db))
 
 
+def reset_schema(db: Backend) -> Backend:
+    """Drop and re-create every course table in ``db``, empty (for notebooks that write)."""
+    with FileLock(data_dir() / f"build-{db.name}-{db.database}.lock"):
+        Base.metadata.drop_all(db.sync_engine)
+        Base.metadata.create_all(db.sync_engine)
+    return db
+
+
 def _reset_sequences(conn) -> None:
     """After inserting explicit ids, move each serial sequence past the largest id."""
     for table in Base.metadata.sorted_tables:

@@ -384,11 +384,13 @@ def scaling(
     warmup: int = 1,
     repeats: int = 5,
     title: str | None = None,
+    memory: bool = False,
 ) -> pd.DataFrame:
     """Time each sync strategy ``fn(backend, n)`` on each backend for each n.
 
     Returns one row per (strategy, backend, n) with columns strategy, backend, n, median
     and spread (ms), statements, simulated_ms and ratio (to the fastest at that backend and n).
+    ``memory=True`` adds ``peak_kib``: tracemalloc's peak in one extra, untimed run.
     """
     rows = []
     for db in _as_list(backends):
@@ -402,6 +404,8 @@ def scaling(
                     label=label_of(fn),
                 )
                 rows.append(_row(fn, db, n, timing))
+                if memory:
+                    rows[-1]["peak_kib"] = peak_memory(lambda fn=fn, db=db, n=n: fn(db, n)) / 1024
     return _frame(rows, title)
 
 
@@ -413,6 +417,7 @@ async def ascaling(
     warmup: int = 1,
     repeats: int = 5,
     title: str | None = None,
+    memory: bool = False,
 ) -> pd.DataFrame:
     """Like :func:`scaling` for strategies that may be ``async def``."""
     rows = []
@@ -427,6 +432,9 @@ async def ascaling(
                     label=label_of(fn),
                 )
                 rows.append(_row(fn, db, n, timing))
+                if memory:
+                    peak = await apeak_memory(lambda fn=fn, db=db, n=n: fn(db, n))
+                    rows[-1]["peak_kib"] = peak / 1024
     return _frame(rows, title)
 
 
@@ -436,7 +444,7 @@ def compare(
     n: int,
     **kwargs: Any,
 ) -> pd.DataFrame:
-    """:func:`scaling` at a single n: one row per strategy and backend, ranked by ``ratio``."""
+    """:func:`scaling` at a single n: one row per strategy and backend (``ratio`` ranks them)."""
     return scaling(strategies, backends, [n], **kwargs)
 
 

@@ -32,6 +32,15 @@ STYLE: dict[str, Any] = {
     "font.size": 10,
 }
 _LINESTYLES = ["-", "--", ":", "-."]
+AXIS_LABELS = {
+    "median": "median time per run (ms, bars show the IQR)",
+    "peak_kib": "peak memory allocated (KiB, tracemalloc)",
+}
+
+
+def _errors(part: pd.DataFrame, y: str) -> Any:
+    """Half the IQR either side of a median; no error bars for other measures."""
+    return part["spread"] / 2 if y == "median" and "spread" in part else None
 
 
 @contextmanager
@@ -49,8 +58,11 @@ def _title(frame: pd.DataFrame, title: str | None) -> str:
     return " · ".join(parts)
 
 
-def bar_chart(frame: pd.DataFrame, title: str | None = None) -> Figure:
-    """Median time per strategy (bars grouped by backend) with the IQR as error bars."""
+def bar_chart(frame: pd.DataFrame, title: str | None = None, y: str = "median") -> Figure:
+    """Median time per strategy (bars grouped by backend) with the IQR as error bars.
+
+    ``y="peak_kib"`` draws peak memory instead (from ``compare(..., memory=True)``).
+    """
     with _style():
         fig, ax = plt.subplots()
         strategies = list(dict.fromkeys(frame["strategy"]))
@@ -59,12 +71,10 @@ def bar_chart(frame: pd.DataFrame, title: str | None = None) -> Figure:
         for i, backend in enumerate(backends):
             part = frame[frame["backend"] == backend].set_index("strategy").reindex(strategies)
             xs = [k + i * width - 0.4 + width / 2 for k in range(len(strategies))]
-            ax.barh(
-                xs, part["median"], height=width, xerr=part["spread"] / 2, label=backend, capsize=3
-            )
+            ax.barh(xs, part[y], height=width, xerr=_errors(part, y), label=backend, capsize=3)
         ax.set_yticks(range(len(strategies)), strategies)
         ax.invert_yaxis()
-        ax.set_xlabel("median time per run (ms, bars show the IQR)")
+        ax.set_xlabel(AXIS_LABELS.get(y, y))
         ax.set_title(_title(frame, title))
         if len(backends) > 1:
             ax.legend()
@@ -73,7 +83,7 @@ def bar_chart(frame: pd.DataFrame, title: str | None = None) -> Figure:
     return fig
 
 
-def scaling_chart(frame: pd.DataFrame, title: str | None = None) -> Figure:
+def scaling_chart(frame: pd.DataFrame, title: str | None = None, y: str = "median") -> Figure:
     """Median time against n, log-log: a colour per strategy, a line style per backend."""
     with _style():
         fig, ax = plt.subplots()
@@ -89,8 +99,8 @@ def scaling_chart(frame: pd.DataFrame, title: str | None = None) -> Figure:
                 label = strategy if len(backends) == 1 else f"{strategy} ({backend})"
                 ax.errorbar(
                     part["n"],
-                    part["median"],
-                    yerr=part["spread"] / 2,
+                    part[y],
+                    yerr=_errors(part, y),
                     marker="o",
                     color=colours[s % len(colours)],
                     linestyle=_LINESTYLES[b % len(_LINESTYLES)],
@@ -100,7 +110,7 @@ def scaling_chart(frame: pd.DataFrame, title: str | None = None) -> Figure:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("n")
-        ax.set_ylabel("median time per run (ms)")
+        ax.set_ylabel(AXIS_LABELS.get(y, y))
         ax.set_title(_title(frame, title))
         ax.legend(fontsize=8)
         fig.tight_layout()
