@@ -109,7 +109,7 @@ def _configure(engine: Engine) -> None:
 
 
 def _check_db_name(database: str) -> str:
-    if not _DB_NAME.match(database):
+    if not _DB_NAME.fullmatch(database):
         raise CourseConfigError(
             f"Database name {database!r} is not allowed: use lower-case letters, digits and _."
         )
@@ -194,7 +194,7 @@ def _reason(exc: BaseException) -> str:
     """The first useful line of a driver error, without the driver's noise."""
     orig = getattr(exc, "orig", exc)
     line = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    return line[:160]
+    return line[:160].rstrip(".")
 
 
 def _ensure_database(server: URL, database: str, source: str) -> None:

@@ -108,8 +108,11 @@ class Plan:
         ]
 
     def uses_index(self, name: str | None = None) -> bool:
-        """True when some scan goes through an index (``name``, if given)."""
-        found = [s for s in self.scans() if "INDEX" in s.upper()]
+        """True when some scan goes through an index (``name``, if given).
+
+        SQLite's ``SEARCH t USING INTEGER PRIMARY KEY`` counts: it is the rowid B-tree.
+        """
+        found = [s for s in self.scans() if "INDEX" in s.upper() or "PRIMARY KEY" in s]
         return any(name in s for s in found) if name else bool(found)
 
 
@@ -118,7 +121,9 @@ def _explain_on(conn: Connection, statement: Executable, analyze: bool, costs: b
     dialect = conn.dialect.name
     if dialect not in ("sqlite", "postgresql"):
         raise ValueError(f"explain() supports sqlite and postgresql, not {dialect}")
-    with conn.begin() as trans:
+    # a savepoint when the caller already has a transaction open (e.g. after SET LOCAL)
+    begin = conn.begin_nested if conn.in_transaction() else conn.begin
+    with begin() as trans:
         rows = conn.execute(Explain(statement, analyze=analyze, costs=costs)).all()
         trans.rollback()
     if dialect == "postgresql":

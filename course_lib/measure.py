@@ -215,13 +215,17 @@ def simulate_round_trip(target: Target, ms: float = 0.5) -> Iterator[float]:
         hooks = [(target, sync_delay)]
     for engine, hook in hooks:
         event.listen(engine, "before_cursor_execute", hook)
-        _round_trips[engine] = ms
+        _round_trips[engine] = _round_trips.get(engine, 0.0) + ms  # nested blocks add up
     try:
         yield ms
     finally:
         for engine, hook in hooks:
             event.remove(engine, "before_cursor_execute", hook)
-            _round_trips.pop(engine, None)
+            remaining = _round_trips.get(engine, 0.0) - ms
+            if remaining > 1e-9:
+                _round_trips[engine] = remaining
+            else:
+                _round_trips.pop(engine, None)
 
 
 # ----------------------------------------------------------------------------- timing

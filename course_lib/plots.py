@@ -63,6 +63,10 @@ def bar_chart(frame: pd.DataFrame, title: str | None = None, y: str = "median") 
 
     ``y="peak_kib"`` draws peak memory instead (from ``compare(..., memory=True)``).
     """
+    if "n" in frame and frame["n"].nunique() > 1:
+        raise ValueError(
+            "bar_chart draws one n; pick one (frame[frame['n'] == ...]) or use scaling_chart"
+        )
     with _style():
         fig, ax = plt.subplots()
         strategies = list(dict.fromkeys(frame["strategy"]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
-from .settings import BACKEND_NAMES, CourseConfigError, save_choice, scales
+from .settings import BACKEND_NAMES, CourseConfigError, choose_scale, save_choice, scales
 
 BACKEND_CHOICES = {
     "SQLite and PostgreSQL": list(BACKEND_NAMES),
@@ -40,7 +40,7 @@ def settings_picker() -> widgets.VBox:
         options=[
             (f"{name}: {s.users:,} users, {s.cars:,} cars", name) for name, s in sizes.items()
         ],
-        value="small",
+        value=choose_scale().name,
         description="Scale",
     )
     backends = widgets.Dropdown(options=list(BACKEND_CHOICES), description="Backends")

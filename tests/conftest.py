@@ -53,31 +53,27 @@ def sqlite_db() -> Backend:
 
 
 @pytest.fixture(scope="session")
-def pg_service() -> Iterator[Backend]:
+def pg_service() -> Backend:
     """The tiny dataset on the PostgreSQL service."""
     url = os.environ.get("COURSE_POSTGRES_URL") or (SERVICE_URL if _service_answers() else "")
     if not url:
         pytest.skip("no PostgreSQL service answers on 127.0.0.1:5432")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("COURSE_POSTGRES_URL", url)
-    try:
-        yield dataset("postgresql", "tiny")
-    finally:
-        mp.undo()
+    with pytest.MonkeyPatch.context() as mp:  # the Backend keeps its URL; the env is restored
+        mp.setenv("COURSE_POSTGRES_URL", url)
+        db = dataset("postgresql", "tiny")
+    return db
 
 
 @pytest.fixture(scope="session")
 def pg_embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """The tiny dataset on an embedded PostgreSQL (pgserver) in a temporary folder."""
     pytest.importorskip("pgserver")
-    mp = pytest.MonkeyPatch()
-    mp.delenv("COURSE_POSTGRES_URL", raising=False)
-    mp.setenv("COURSE_DATA_DIR", str(tmp_path_factory.mktemp("embedded")))
-    try:
-        yield dataset("postgresql", "tiny")
-    finally:
-        backends.stop_embedded_postgres()
-        mp.undo()
+    with pytest.MonkeyPatch.context() as mp:  # the server stays cached; the env is restored
+        mp.delenv("COURSE_POSTGRES_URL", raising=False)
+        mp.setenv("COURSE_DATA_DIR", str(tmp_path_factory.mktemp("embedded")))
+        db = dataset("postgresql", "tiny")
+    yield db
+    backends.stop_embedded_postgres()
 
 
 @pytest.fixture(params=["sqlite_db", "pg_service", "pg_embedded"])

@@ -1,0 +1,232 @@
+"""Tests for course_lib.explain: plans on both databases, bound parameters, DML rolled back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import delete, func, insert, select, update
+
+from course_lib.backends import Backend
+from course_lib.explain import Plan, aexplain, explain
+from course_lib.measure import count_statements
+from course_lib.models import Car, Tag
+
+
+@pytest.fixture(params=["pg_service", "pg_embedded"])
+def pg_db(request: pytest.FixtureRequest) -> Backend:
+    """Each PostgreSQL in turn."""
+    return request.getfixturevalue(request.param)
+
+
+def _price(db: Backend, car_id: int) -> int:
+    with db.Session() as session:
+        return session.scalar(select(Car.price).where(Car.id == car_id))
+
+
+def _count(db: Backend, model: type) -> int:
+    with db.Session() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+# ---------------------------------------------------------------------- real plans
+
+
+def test_full_scan(any_db: Backend) -> None:
+    """A filter on an unindexed column scans the whole table."""
+    plan = explain(any_db, select(Car).where(Car.price < 5000))
+    expected = "SCAN cars" if any_db.name == "sqlite" else "Seq Scan on cars"
+    assert plan.full_scans() == [expected]
+    assert plan.scans() == [expected]
+    assert plan.uses_index() is False
+    assert plan.backend == any_db.name
+    assert plan.analyzed is (any_db.name == "postgresql")
+
+
+def test_primary_key_lookup_on_sqlite(sqlite_db: Backend) -> None:
+    """On SQLite a primary-key lookup searches the rowid B-tree."""
+    plan = explain(sqlite_db, select(Car).where(Car.id == 3))
+    assert plan.lines == ["SEARCH cars USING INTEGER PRIMARY KEY (rowid=?)"]
+    assert plan.full_scans() == []
+
+
+def test_primary_key_lookup_on_postgresql(pg_db: Backend) -> None:
+    """On PostgreSQL a primary-key lookup can use cars_pkey.
+
+    60 cars fit in one page, so the planner rightly prefers a Seq Scan here; the test
+    turns sequential scans off to see the index path (explain() accepts a Connection).
+    """
+    with pg_db.sync_engine.connect() as conn:
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        conn.commit()  # explain() begins its own transaction, so none may be open
+        try:
+            plan = explain(conn, select(Car).where(Car.id == 3))
+        finally:
+            conn.exec_driver_sql("RESET enable_seqscan")
+            conn.commit()
+    assert plan.uses_index("cars_pkey") is True
+    assert plan.uses_index() is True
+    assert plan.full_scans() == []
+    assert any(s.endswith("using cars_pkey on cars") for s in plan.scans())
+
+
+def test_parameters_stay_bound(any_db: Backend) -> None:
+    """The EXPLAIN sent to the driver carries a placeholder, not the literal value."""
+    with count_statements(any_db) as log:
+        explain(any_db, select(Car).where(Car.price < 4999))
+    assert log.count == 1
+    (sql,) = log.sql
+    assert "4999" not in sql
+    if any_db.name == "sqlite":
+        assert sql.startswith("EXPLAIN QUERY PLAN SELECT")
+        assert "cars.price < ?" in sql
+    else:
+        assert sql.startswith("EXPLAIN (ANALYZE, BUFFERS) SELECT")
+        assert "cars.price < %(price_1)s" in sql
+
+
+def test_costs_off_on_postgresql(pg_db: Backend) -> None:
+    """costs=False drops costs and timings; analyze=False plans without running."""
+    stable = explain(pg_db, select(Car).where(Car.price < 5000), costs=False)
+    assert "cost=" not in stable.text
+    assert "time=" not in stable.text
+    assert stable.lines[0].startswith("Seq Scan on cars")
+    estimated = explain(pg_db, select(Car).where(Car.price < 5000), analyze=False)
+    assert estimated.analyzed is False
+    assert "cost=" in estimated.text
+    assert "actual" not in estimated.text
+
+
+def test_analyze_of_update_is_rolled_back(pg_db: Backend) -> None:
+    """EXPLAIN ANALYZE really runs the UPDATE, but explain() rolls it back."""
+    before = _price(pg_db, 1)
+    assert before != 1
+    plan = explain(pg_db, update(Car).where(Car.id == 1).values(price=1))
+    assert plan.lines[0].startswith("Update on cars")
+    assert _price(pg_db, 1) == before
+
+
+def test_analyze_of_delete_and_insert_is_rolled_back(pg_db: Backend) -> None:
+    """A DELETE and an INSERT explained with ANALYZE leave the tables as they were."""
+    cars, tags = _count(pg_db, Car), _count(pg_db, Tag)
+    plan = explain(pg_db, delete(Car).where(Car.id == 1))
+    assert plan.lines[0].startswith("Delete on cars")
+    plan = explain(pg_db, insert(Tag).values(name="explained"))
+    assert plan.lines[0].startswith("Insert on tags")
+    assert (_count(pg_db, Car), _count(pg_db, Tag)) == (cars, tags)
+    assert _price(pg_db, 1) is not None
+
+
+def test_explain_of_dml_on_sqlite(sqlite_db: Backend) -> None:
+    """SQLite explains DML without running it."""
+    before = _price(sqlite_db, 1)
+    plan = explain(sqlite_db, update(Car).where(Car.id == 1).values(price=1))
+    assert plan.scans() == ["SEARCH cars USING INTEGER PRIMARY KEY (rowid=?)"]
+    assert _price(sqlite_db, 1) == before
+
+
+def test_explain_on_an_engine_and_a_join(sqlite_db: Backend) -> None:
+    """An Engine is accepted, and nested plan rows are indented under their parent."""
+    plan = explain(sqlite_db.sync_engine, select(Car).where(Car.id.in_(select(Car.id).limit(3))))
+    assert plan.backend == "sqlite"
+    assert plan.lines == ["SCAN cars", "LIST SUBQUERY 1", "  SCAN cars"]
+    assert plan.scans() == ["SCAN cars", "SCAN cars"]
+
+
+@pytest.fixture
+def async_db(any_db: Backend) -> Iterator[Backend]:
+    """A fresh copy of the backend, so async pools never outlive an event loop."""
+    yield any_db.fresh()
+
+
+def test_aexplain(async_db: Backend) -> None:
+    """aexplain gives the same plan on the async engine."""
+
+    async def plan_it() -> Plan:
+        try:
+            return await aexplain(async_db, select(Car).where(Car.price < 5000))
+        finally:
+            await async_db.dispose()
+
+    plan = asyncio.run(plan_it())
+    expected = "SCAN cars" if async_db.name == "sqlite" else "Seq Scan on cars"
+    assert plan.full_scans() == [expected]
+
+
+def test_aexplain_of_update_is_rolled_back(async_db: Backend) -> None:
+    """The async path rolls back EXPLAIN ANALYZE of DML too."""
+    before = _price(async_db, 2)
+
+    async def plan_it() -> Plan:
+        try:
+            return await aexplain(
+                async_db.engine, update(Car).where(Car.id == 2).values(price=before + 100)
+            )
+        finally:
+            await async_db.dispose()
+
+    asyncio.run(plan_it())
+    assert _price(async_db, 2) == before
+
+
+# ---------------------------------------------------------------------- handmade plans
+
+
+def test_sqlite_plan_helpers() -> None:
+    """SCAN without an index is a full scan; SEARCH and covering-index scans are not."""
+    plan = Plan(
+        "sqlite",
+        [
+            "SCAN cars",
+            "  SEARCH dealerships USING INTEGER PRIMARY KEY (rowid=?)",
+            "SCAN posts USING COVERING INDEX ix_posts_author_id",
+            "USE TEMP B-TREE FOR ORDER BY",
+        ],
+        False,
+    )
+    assert plan.scans() == [
+        "SCAN cars",
+        "SEARCH dealerships USING INTEGER PRIMARY KEY (rowid=?)",
+        "SCAN posts USING COVERING INDEX ix_posts_author_id",
+    ]
+    assert plan.full_scans() == ["SCAN cars"]
+    assert plan.uses_index() is True
+    assert plan.uses_index("ix_posts_author_id") is True
+    assert plan.uses_index("ix_missing") is False
+    assert plan.text.splitlines()[1] == "  SEARCH dealerships USING INTEGER PRIMARY KEY (rowid=?)"
+    assert repr(plan) == plan.text
+
+
+def test_postgresql_plan_helpers() -> None:
+    """Scan kinds are read from PostgreSQL plan lines, with their index and table."""
+    plan = Plan(
+        "postgresql",
+        [
+            "Nested Loop  (cost=0.15..10.00 rows=1 width=8)",
+            "  ->  Seq Scan on dealerships  (cost=0.00..1.03 rows=3 width=4)",
+            "  ->  Index Scan using cars_pkey on cars  (cost=0.15..8.17 rows=1 width=72)",
+            "  ->  Bitmap Heap Scan on posts  (cost=4.2..9.9 rows=3 width=8)",
+            "        ->  Bitmap Index Scan on ix_posts_author_id  (cost=0.00..4.2 rows=3)",
+            "  ->  Parallel Seq Scan on comments  (cost=0.00..99.00 rows=10 width=8)",
+        ],
+        True,
+    )
+    assert plan.scans() == [
+        "Seq Scan on dealerships",
+        "Index Scan using cars_pkey on cars",
+        "Bitmap Heap Scan on posts",
+        "Bitmap Index Scan on ix_posts_author_id",
+        "Parallel Seq Scan on comments",
+    ]
+    assert plan.full_scans() == ["Seq Scan on dealerships", "Parallel Seq Scan on comments"]
+    assert plan.uses_index("cars_pkey") is True
+    assert plan.uses_index("ix_posts_author_id") is True
+    assert plan.uses_index("users_pkey") is False
+
+
+def test_plan_without_index() -> None:
+    """A plan with only a sequential scan uses no index."""
+    plan = Plan("postgresql", ["Seq Scan on cars  (cost=0.00..1.75 rows=60 width=45)"], False)
+    assert plan.uses_index() is False
+    assert plan.full_scans() == ["Seq Scan on cars"]

@@ -1,0 +1,111 @@
+"""Tests for course_lib.plots: what the two charts draw from a handmade frame (no timings)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.container import ErrorbarContainer
+
+from course_lib.plots import bar_chart, scaling_chart
+
+STRATEGIES = ["lazy loop", "selectinload", "joinedload"]
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _frame(
+    ns: list[int], backends: list[str] = BACKENDS, scales: list[str] | None = None
+) -> pd.DataFrame:
+    """One row per strategy, backend and n, with made-up medians."""
+    rows = [
+        {
+            "strategy": strategy,
+            "backend": backend,
+            "n": n,
+            "median": (s + 1) * (b + 1) * n / 10,
+            "spread": 0.1 * n / 10,
+        }
+        for b, backend in enumerate(backends)
+        for n in ns
+        for s, strategy in enumerate(STRATEGIES)
+    ]
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(unit="ms", title="Loading posts", scales=scales or ["tiny"])
+    return frame
+
+
+def test_bar_chart_draws_one_bar_per_strategy_and_backend() -> None:
+    """strategies × backends bars, with the medians as widths."""
+    frame = _frame([100])
+    fig = bar_chart(frame)
+    (ax,) = fig.axes
+    assert len(ax.patches) == len(STRATEGIES) * len(BACKENDS)
+    widths = sorted(round(p.get_width(), 6) for p in ax.patches)
+    assert widths == sorted(round(m, 6) for m in frame["median"])
+    assert [t.get_text() for t in ax.get_yticklabels()] == STRATEGIES
+
+
+def test_bar_chart_title_names_backends_and_scale() -> None:
+    """The title carries the frame's title, the backends and the scale."""
+    ax = bar_chart(_frame([100])).axes[0]
+    assert ax.get_title() == "Loading posts · sqlite vs postgresql · scale tiny"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == BACKENDS
+
+
+def test_bar_chart_explicit_title_and_single_backend() -> None:
+    """An explicit title wins; one backend draws no legend."""
+    ax = bar_chart(_frame([10], backends=["sqlite"]), "Mine").axes[0]
+    assert ax.get_title() == "Mine · sqlite · scale tiny"
+    assert len(ax.patches) == len(STRATEGIES)
+    assert ax.get_legend() is None
+
+
+def test_bar_chart_without_attrs() -> None:
+    """A bare frame falls back to 'Timing' and names no scale."""
+    frame = pd.DataFrame(_frame([10], backends=["sqlite"]).to_dict("list"))
+    assert frame.attrs == {}
+    assert bar_chart(frame).axes[0].get_title() == "Timing · sqlite"
+
+
+def test_scaling_chart_is_log_log_with_a_line_per_strategy_and_backend() -> None:
+    """Log axes, one errorbar line per strategy × backend, each with every n."""
+    ns = [10, 100, 1000]
+    ax = scaling_chart(_frame(ns, scales=["small"])).axes[0]
+    assert ax.get_xscale() == "log"
+    assert ax.get_yscale() == "log"
+    containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(containers) == len(STRATEGIES) * len(BACKENDS)
+    for container in containers:
+        assert list(container.lines[0].get_xdata()) == ns
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == [f"{s} ({b})" for s in STRATEGIES for b in BACKENDS]
+    assert ax.get_title() == "Loading posts · sqlite vs postgresql · scale small"
+
+
+def test_scaling_chart_single_backend_labels_are_strategies() -> None:
+    """With one backend, the legend shows strategy names alone."""
+    ax = scaling_chart(_frame([1, 10], backends=["postgresql"])).axes[0]
+    assert ax.get_legend_handles_labels()[1] == STRATEGIES
+
+
+def test_simulated_backend_is_in_the_title() -> None:
+    """A simulated round trip shows in both charts' titles."""
+    label = "sqlite + simulated 0.5 ms/statement"
+    titles = [
+        bar_chart(_frame([10], backends=[label])).axes[0].get_title(),
+        scaling_chart(_frame([10, 100], backends=[label])).axes[0].get_title(),
+    ]
+    for title in titles:
+        assert "simulated" in title
+        assert title == f"Loading posts · {label} · scale tiny"
+
+
+def test_figures_are_closed() -> None:
+    """Charts are closed after drawing, so a notebook cell shows each once."""
+    before = set(plt.get_fignums())
+    bar_chart(_frame([10]))
+    scaling_chart(_frame([10, 100]))
+    assert set(plt.get_fignums()) == before
