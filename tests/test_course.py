@@ -199,3 +199,21 @@ def test_settings_picker(fresh: Path) -> None:
     save.click()
     assert message.value.startswith("Saved: scale tiny, SQLite only.")
     assert json.loads((fresh / "settings.json").read_text())["backends"] == ["sqlite"]
+
+
+def test_scratch_gives_empty_tables_on_the_same_backends(course: Course) -> None:
+    """scratch() starts from empty course tables in scratch_<name>, every call."""
+    from sqlalchemy import insert
+
+    from course_lib.data import row_counts
+    from course_lib.models import Tag
+
+    scratch = course.scratch("unit")
+    assert scratch.names == course.names
+    assert scratch.sqlite.database == "scratch_unit"
+    with scratch.sqlite.sync_engine.begin() as conn:
+        conn.execute(insert(Tag), [{"name": "a"}, {"name": "b"}])
+    assert row_counts(scratch.sqlite)["tags"] == 2
+    again = course.scratch("unit")
+    assert set(row_counts(again.sqlite).values()) == {0}
+    assert row_counts(course.sqlite)["tags"] == 6  # the shared dataset is untouched

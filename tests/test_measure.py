@@ -558,3 +558,18 @@ def test_apeak_memory() -> None:
 
     assert asyncio.run(apeak_memory(allocate)) >= 5_000_000
     assert asyncio.run(apeak_memory(lambda: None)) < 100_000
+
+
+def test_scaling_with_memory_reports_peak_kib(sqlite_db: Backend) -> None:
+    """memory=True adds peak_kib from one extra run; a 2 MB allocation shows as >= 1950 KiB."""
+
+    def allocate(db: Backend, n: int) -> bytearray:
+        """Allocate n MB"""
+        return bytearray(n * 1_000_000)
+
+    frame = scaling([allocate], sqlite_db, [1, 2], repeats=1, warmup=0, memory=True)
+    assert list(frame["n"]) == [1, 2]
+    assert frame["peak_kib"].iloc[0] >= 950
+    assert frame["peak_kib"].iloc[1] >= 1950
+    plain = scaling([allocate], sqlite_db, [1], repeats=1, warmup=0)
+    assert "peak_kib" not in plain

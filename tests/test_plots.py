@@ -109,3 +109,29 @@ def test_figures_are_closed() -> None:
     bar_chart(_frame([10]))
     scaling_chart(_frame([10, 100]))
     assert set(plt.get_fignums()) == before
+
+
+def test_bar_chart_refuses_several_n_with_a_clear_message() -> None:
+    """A multi-n frame belongs in scaling_chart; bar_chart says so instead of a pandas error."""
+    try:
+        bar_chart(_frame([10, 100]))
+    except ValueError as exc:
+        assert "scaling_chart" in str(exc)
+    else:
+        raise AssertionError("bar_chart accepted a frame with several n")
+
+
+def test_charts_draw_any_measure_such_as_peak_memory() -> None:
+    """y='peak_kib' plots that column, labels the axis, and draws no IQR error bars."""
+    frame = _frame([10, 100]).assign(peak_kib=lambda f: f["median"] * 3)
+    fig = scaling_chart(frame, y="peak_kib")
+    ax = fig.axes[0]
+    assert "peak memory" in ax.get_ylabel()
+    first = ax.get_lines()[0]
+    assert list(first.get_ydata()) == [3.0, 30.0]
+    bars = bar_chart(frame[frame["n"] == 10], y="peak_kib").axes[0]
+    assert "peak memory" in bars.get_xlabel()
+    assert (
+        sorted(p.get_width() for p in bars.patches)[-1] == frame["peak_kib"][frame["n"] == 10].max()
+    )
+    plt.close("all")
