@@ -363,8 +363,10 @@ def _frame(rows: list[dict[str, Any]], title: str | None) -> pd.DataFrame:
     return frame
 
 
-def _row(fn: Callable[..., Any], db: Backend, n: int, timing: Timing) -> dict[str, Any]:
-    return {
+def _row(
+    fn: Callable[..., Any], db: Backend, n: int, timing: Timing, peak: int | None
+) -> dict[str, Any]:
+    row = {
         "strategy": label_of(fn),
         "backend": _backend_label(db),
         "n": n,
@@ -374,10 +376,22 @@ def _row(fn: Callable[..., Any], db: Backend, n: int, timing: Timing) -> dict[st
         "simulated_ms": round_trip_ms(db),
         "scale": _scale_of(db),
     }
+    if peak is not None:
+        row["peak_kib"] = peak / 1024
+    return row
 
 
-def _as_list(backends: Backend | Sequence[Backend]) -> list[Backend]:
-    return [backends] if isinstance(backends, Backend) else list(backends)
+def _grid(
+    strategies: Iterable[Callable[[Backend, int], Any]],
+    backends: Backend | Sequence[Backend],
+    ns: Iterable[int],
+) -> Iterator[tuple[Callable[..., Any], Backend, int, Callable[[], Any]]]:
+    """Every (strategy, backend, n) to measure, with the zero-argument call that runs it."""
+    strategies, ns = list(strategies), list(ns)
+    for db in [backends] if isinstance(backends, Backend) else list(backends):
+        for n in ns:
+            for fn in strategies:
+                yield fn, db, n, (lambda fn=fn, db=db, n=n: fn(db, n))
 
 
 def scaling(
@@ -397,19 +411,9 @@ def scaling(
     ``memory=True`` adds ``peak_kib``: tracemalloc's peak in one extra, untimed run.
     """
     rows = []
-    for db in _as_list(backends):
-        for n in ns:
-            for fn in strategies:
-                timing = benchmark(
-                    lambda fn=fn, db=db, n=n: fn(db, n),
-                    warmup=warmup,
-                    repeats=repeats,
-                    target=db,
-                    label=label_of(fn),
-                )
-                rows.append(_row(fn, db, n, timing))
-                if memory:
-                    rows[-1]["peak_kib"] = peak_memory(lambda fn=fn, db=db, n=n: fn(db, n)) / 1024
+    for fn, db, n, call in _grid(strategies, backends, ns):
+        timing = benchmark(call, warmup=warmup, repeats=repeats, target=db, label=label_of(fn))
+        rows.append(_row(fn, db, n, timing, peak_memory(call) if memory else None))
     return _frame(rows, title)
 
 
@@ -425,20 +429,10 @@ async def ascaling(
 ) -> pd.DataFrame:
     """Like :func:`scaling` for strategies that may be ``async def``."""
     rows = []
-    for db in _as_list(backends):
-        for n in ns:
-            for fn in strategies:
-                timing = await abenchmark(
-                    lambda fn=fn, db=db, n=n: fn(db, n),
-                    warmup=warmup,
-                    repeats=repeats,
-                    target=db,
-                    label=label_of(fn),
-                )
-                rows.append(_row(fn, db, n, timing))
-                if memory:
-                    peak = await apeak_memory(lambda fn=fn, db=db, n=n: fn(db, n))
-                    rows[-1]["peak_kib"] = peak / 1024
+    for fn, db, n, call in _grid(strategies, backends, ns):
+        kwargs = {"warmup": warmup, "repeats": repeats, "target": db, "label": label_of(fn)}
+        timing = await abenchmark(call, **kwargs)
+        rows.append(_row(fn, db, n, timing, await apeak_memory(call) if memory else None))
     return _frame(rows, title)
 
 
