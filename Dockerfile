@@ -29,4 +29,6 @@ USER workbook
 EXPOSE 8888
 
 # JUPYTER_TOKEN is read from the environment by jupyter itself.
-CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "notebooks/00_start_here.ipynb"]
+CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", \
+     "--ServerApp.root_dir=/workbook", \
+     "--LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb"]
