@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 import warnings
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
@@ -52,6 +54,18 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} database={self.database}>"
+
+    def sibling(self, database: str) -> Backend:
+        """Another database next to this one: same server (created if missing) or same folder."""
+        _check_db_name(database)
+        if self.name == "sqlite":
+            path = Path(self.sync_url.database or "").with_name(f"{database}.sqlite")
+            return _sqlite_at(path, database)
+        _ensure_database(self.sync_url, database, self.source)
+        url = self.sync_url.set(database=database)
+        return Backend(
+            self.name, url, url.set(drivername="postgresql+asyncpg"), self.source, database
+        )
 
     def fresh(self) -> Backend:
         """The same database with new engines: nothing connected or compiled yet (cold)."""
@@ -118,7 +132,10 @@ def _check_db_name(database: str) -> str:
 
 def sqlite(database: str) -> Backend:
     """A SQLite file ``.course/<database>.sqlite`` (created on first use)."""
-    path = data_dir() / f"{_check_db_name(database)}.sqlite"
+    return _sqlite_at(data_dir() / f"{_check_db_name(database)}.sqlite", database)
+
+
+def _sqlite_at(path: Path, database: str) -> Backend:
     return Backend(
         "sqlite",
         make_url(f"sqlite:///{path}"),
@@ -171,7 +188,11 @@ def embedded_postgres() -> URL:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                server = pgserver.get_server(data_dir() / "pgserver", cleanup_mode=None)
+                try:
+                    server = pgserver.get_server(data_dir() / "pgserver", cleanup_mode=None)
+                except Exception:  # a concurrent start can lose a race once: try again
+                    time.sleep(1.0)
+                    server = pgserver.get_server(data_dir() / "pgserver", cleanup_mode=None)
             except Exception as exc:  # pgserver raises bare subprocess errors
                 raise CourseConfigError(
                     f"The embedded PostgreSQL did not start ({type(exc).__name__}); see "

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from .backends import Backend, backend
+from .backends import Backend
 from .data import build, dataset, expected_rows, reset_schema, row_counts
 from .settings import CourseConfigError, Scale, choose_backends, choose_scale, seed
 
@@ -75,7 +75,7 @@ class Course:
         Notebooks that write (bulk inserts, upserts, deletes) work there, so the shared
         dataset stays exactly as built. Each call starts from empty tables.
         """
-        dbs = [reset_schema(backend(db.name, f"scratch_{name}")) for db in self.backends]
+        dbs = [reset_schema(db.sibling(f"scratch_{name}")) for db in self.backends]
         return Course(self.scale, dbs)
 
     def row_counts(self) -> pd.DataFrame:

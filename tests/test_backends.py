@@ -331,3 +331,16 @@ def test_service_redis(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.skip("no Redis answers on 127.0.0.1:6379")
     monkeypatch.setenv("COURSE_REDIS_URL", "redis://127.0.0.1:6379/0")
     assert redis_url() == "redis://127.0.0.1:6379/0"
+
+
+def test_sibling_stays_on_the_same_server(pg_embedded: Backend, sqlite_db: Backend) -> None:
+    """sibling() creates the database next to its backend, whatever the environment says now."""
+    other = pg_embedded.sibling("course_sibling_test")
+    assert other.database == "course_sibling_test"
+    assert other.sync_url.query == pg_embedded.sync_url.query  # the embedded server's socket
+    with other.sync_engine.connect() as conn:
+        assert conn.scalar(text("select current_database()")) == "course_sibling_test"
+    other.sync_engine.dispose()
+    lite = sqlite_db.sibling("course_sibling_test")
+    assert Path(lite.sync_url.database).parent == Path(sqlite_db.sync_url.database).parent
+    assert Path(lite.sync_url.database).name == "course_sibling_test.sqlite"
