@@ -204,7 +204,13 @@ def simulate_round_trip(target: Target, ms: float = 0.5) -> Iterator[float]:
             pass
 
     def async_delay(*_args: Any) -> None:
-        await_only(asyncio.sleep(seconds))
+        # asyncio.sleep overshoots by a millisecond or more (the loop's timer granularity):
+        # await most of a long delay, then spin the last 2 ms; short delays spin entirely.
+        deadline = time.perf_counter() + seconds
+        if seconds > 0.002:
+            await_only(asyncio.sleep(seconds - 0.002))
+        while time.perf_counter() < deadline:
+            pass
 
     hooks: list[tuple[Engine, Callable[..., None]]] = []
     if isinstance(target, Backend):
@@ -349,6 +355,11 @@ def _backend_label(db: Backend) -> str:
     return f"{db.name} + simulated {rtt:g} ms/statement" if rtt else db.name
 
 
+def base_backend(labels: pd.Series) -> pd.Series:
+    """Backend names without the "+ simulated ..." suffix that simulated runs carry."""
+    return labels.str.split(" + ", regex=False).str[0]
+
+
 def _scale_of(db: Backend) -> str:
     return db.database.removeprefix("course_")
 
@@ -467,8 +478,14 @@ def speedup(
 
 
 def added_latency(local: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
-    """What a simulated round trip added to each strategy: in total and per statement (ms)."""
-    keys = ["strategy", "n"]
+    """What a simulated round trip added to each strategy: in total and per statement (ms).
+
+    Rows are matched on strategy, n and the backend's name (its label without the
+    "+ simulated" suffix), so frames covering several backends line up correctly.
+    """
+    keys = ["strategy", "backend", "n"]
+    local = local.assign(backend=base_backend(local["backend"]))
+    simulated = simulated.assign(backend=base_backend(simulated["backend"]))
     joined = local.merge(simulated, on=keys, suffixes=(" local", " simulated"))
     joined["added"] = joined["median simulated"] - joined["median local"]
     joined["statements"] = joined["statements simulated"]

@@ -51,7 +51,12 @@ def _style() -> Any:
 
 def _title(frame: pd.DataFrame, title: str | None) -> str:
     parts = [title or frame.attrs.get("title") or "Timing"]
-    parts.append(" vs ".join(dict.fromkeys(frame["backend"])))
+    labels = list(dict.fromkeys(frame["backend"]))
+    parts.append(" vs ".join(dict.fromkeys(label.split(" + ")[0] for label in labels)))
+    simulated = sorted({label.split(" + ", 1)[1] for label in labels if " + " in label})
+    if simulated:
+        every = all(" + " in label for label in labels)
+        parts.append("with " + ", ".join(simulated) + ("" if every else " in some runs"))
     scales = frame.attrs.get("scales")
     if scales:
         parts.append("scale " + ", ".join(scales))

@@ -515,16 +515,26 @@ def test_nested_simulate_round_trip_reports_the_delay_in_force(sqlite_db: Backen
 
 
 def test_added_latency() -> None:
-    """added_latency() subtracts the local medians and divides by the statements."""
+    """added_latency() subtracts the local medians and divides by the statements, per backend."""
     import pandas as pd
 
     local = pd.DataFrame(
-        {"strategy": ["a", "b"], "n": [10, 10], "median": [1.0, 2.0], "statements": [11, 2]}
+        {
+            "strategy": ["a", "b", "a"],
+            "backend": ["sqlite", "sqlite", "postgresql"],
+            "n": [10, 10, 10],
+            "median": [1.0, 2.0, 5.0],
+            "statements": [11, 2, 11],
+        }
     )
-    simulated = local.assign(median=[12.0, 4.0])
+    simulated = local.assign(
+        median=[12.0, 4.0, 27.0],
+        backend=local["backend"] + " + simulated 1 ms/statement",
+    )
     joined = added_latency(local, simulated)
     assert list(joined.columns) == [
         "strategy",
+        "backend",
         "n",
         "statements",
         "median local",
@@ -532,8 +542,9 @@ def test_added_latency() -> None:
         "added",
         "added per statement",
     ]
-    assert joined["added"].tolist() == [11.0, 2.0]
-    assert joined["added per statement"].tolist() == [1.0, 1.0]
+    assert joined["backend"].tolist() == ["sqlite", "sqlite", "postgresql"]
+    assert joined["added"].tolist() == [11.0, 2.0, 22.0]
+    assert joined["added per statement"].tolist() == [1.0, 1.0, 2.0]
 
 
 # ---------------------------------------------------------------------- memory
