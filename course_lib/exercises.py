@@ -97,7 +97,7 @@ class _Attempt:
             return CheckResult(
                 "over budget",
                 f"✗ Right result, but {count} statements: the "
-                f"budget is {self.budget}. Look for a loop that loads lazily.",
+                f"budget is {self.budget}. Look for a loop that sends one statement per row.",
                 **common,
             )
         banned = {

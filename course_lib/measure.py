@@ -29,7 +29,7 @@ import statistics
 import time
 import tracemalloc
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -162,7 +162,15 @@ def count_statements(target: Target) -> Iterator[StatementLog]:
 
     def after(_conn: Any, _cur: Any, sql: str, params: Any, context: Any, many: bool) -> None:
         elapsed = clock() - context._course_t0
-        record(Statement(sql, len(params) if many and params is not None else 1, many, elapsed))
+        # insertmanyvalues sends each batch as ONE parameter set (flat list or dict), even
+        # though the event says executemany: only a list of sets is a real executemany
+        many = (
+            many
+            and isinstance(params, list | tuple)
+            and bool(params)
+            and isinstance(params[0], tuple | list | Mapping)
+        )
+        record(Statement(sql, len(params) if many else 1, many, elapsed))
 
     engines = _sync_engines(target)
     for engine in engines:
@@ -361,7 +369,8 @@ def base_backend(labels: pd.Series) -> pd.Series:
 
 
 def _scale_of(db: Backend) -> str:
-    return db.database.removeprefix("course_")
+    """The dataset scale a backend holds ("small" for course_small); "" for scratch databases."""
+    return db.database.removeprefix("course_") if db.database.startswith("course_") else ""
 
 
 def _frame(rows: list[dict[str, Any]], title: str | None) -> pd.DataFrame:
@@ -370,7 +379,8 @@ def _frame(rows: list[dict[str, Any]], title: str | None) -> pd.DataFrame:
         return frame
     fastest = frame.groupby(["backend", "n"])["median"].transform("min")
     frame["ratio"] = frame["median"] / fastest
-    frame.attrs.update(unit="ms", title=title, scales=sorted(set(frame.pop("scale"))))
+    scales = sorted(set(frame.pop("scale")) - {""})
+    frame.attrs.update(unit="ms", title=title, scales=scales)
     return frame
 
 

@@ -84,7 +84,8 @@ def test_over_budget(any_db: Backend, expected: dict[str, int]) -> None:
     assert result.passed is False
     assert result.statements == 4
     assert result.message == (
-        "✗ Right result, but 4 statements: the budget is 2. Look for a loop that loads lazily."
+        "✗ Right result, but 4 statements: the budget is 2. "
+        "Look for a loop that sends one statement per row."
     )
 
 

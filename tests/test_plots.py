@@ -100,9 +100,7 @@ def test_simulated_backend_is_in_the_title() -> None:
     ]
     for title in titles:
         assert "simulated" in title
-        assert title == (
-            "Loading posts · sqlite · with simulated 0.5 ms/statement · scale tiny"
-        )
+        assert title == ("Loading posts · sqlite · with simulated 0.5 ms/statement · scale tiny")
 
 
 def test_figures_are_closed() -> None:

@@ -1,0 +1,708 @@
+"""Pagination: OFFSET/LIMIT pages against keyset (cursor) pages, and a walker that proves a
+page function returns every row exactly once.
+
+A page function takes ``(session, cursor, size)`` and returns a :class:`Page`: the ids on
+the page and the cursor of the next page (None after the last page).
+
+>>> from course_lib.data import dataset
+>>> db = dataset("sqlite", "tiny")
+>>> with db.Session() as session:
+...     first = keyset_page(session, None, 25)
+...     second = keyset_page(session, first.next_cursor, 25)
+>>> first.next_cursor, second.ids[:3]
+(25, [26, 27, 28])
+>>> with db.Session() as session:
+...     walk(keyset_page, session, 25) == list(range(1, 61))
+True
+
+Machinery for notebook 04: :func:`cars_scratch` (a scratch copy of the cars with a
+``(price, id)`` index), :class:`PageWalk` (the exercise check), :func:`walk_while_writing`
+(rows inserted or deleted between pages), :func:`estimate_statement` (the planner's row
+estimate), :func:`plans_side_by_side` and :func:`rows_scanned`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import pandas as pd
+from IPython.display import Markdown
+from pandas.io.formats.style import Styler
+from sqlalchemy import (
+    Column,
+    Executable,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    Select,
+    Table,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    table,
+    tuple_,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from .backends import Backend
+from .course import Course
+from .data import generate
+from .explain import Plan
+from .models import Car, Dealership
+from .settings import Scale
+
+__all__ = [
+    "PRICE_INDEX",
+    "SHOWN",
+    "SIZE",
+    "Page",
+    "PageWalk",
+    "WalkReport",
+    "aguide_page",
+    "akeyset_page",
+    "aoffset_count_page",
+    "aoffset_page",
+    "aprice_offset_page",
+    "aprice_page",
+    "awalk",
+    "cars_scratch",
+    "compare_walks",
+    "deep_page_strategies",
+    "delete_first_row",
+    "estimate_statement",
+    "estimate_value",
+    "fill_cars",
+    "guide_page",
+    "guide_statement",
+    "ids_in_price_order",
+    "insert_before_and_after",
+    "keyset_cursor",
+    "keyset_cursors",
+    "keyset_page",
+    "keyset_statement",
+    "new_cars",
+    "offset_count_page",
+    "offset_page",
+    "plans_side_by_side",
+    "price_offset_page",
+    "price_page",
+    "price_page_of",
+    "price_statement",
+    "rows_scanned",
+    "source",
+    "walk",
+    "walk_while_writing",
+]
+
+SIZE = 20
+"""The page size of the lesson: 20 cars per page."""
+
+PRICE_INDEX = "ix_cars_price_id"
+"""The composite index :func:`fill_cars` adds on ``cars (price, id)`` (scratch copies only)."""
+
+SHOWN = (Car.id, Car.make, Car.model, Car.year, Car.price)
+"""The columns a page of cars shows (the composite-key pages select them)."""
+
+Cursor = Any  # an id (int), a (price, id) tuple, or an offset: whatever the page function uses
+
+
+class Page(NamedTuple):
+    """One page: the ids on it, in order, and the cursor of the next page (None: last page)."""
+
+    ids: list[int]
+    next_cursor: Cursor | None
+
+
+# ------------------------------------------------------------------ keyset by id (unique key)
+
+
+def keyset_statement(cursor: int | None, size: int) -> Select:
+    """Car ids after ``cursor`` in id order, one row more than the page.
+
+    >>> keyset_statement(0, 2).compile().params
+    {'id_1': 0, 'param_1': 3}
+    """
+    stmt = select(Car.id).order_by(Car.id).limit(size + 1)
+    if cursor is not None:  # 0 is a real cursor: test for None, never for truth
+        stmt = stmt.where(Car.id > cursor)
+    return stmt
+
+
+def _id_page(ids: Sequence[int], size: int) -> Page:
+    """The first ``size`` ids; a next cursor only when the extra row proved that more follow."""
+    ids = list(ids)
+    page = ids[:size]
+    return Page(page, page[-1] if len(ids) > size else None)
+
+
+def keyset_page(session: Session, cursor: int | None, size: int = SIZE) -> Page:
+    """keyset by id"""
+    return _id_page(session.scalars(keyset_statement(cursor, size)).all(), size)
+
+
+async def akeyset_page(session: AsyncSession, cursor: int | None, size: int = SIZE) -> Page:
+    """keyset by id (async; the exercise's reference solution)"""
+    return _id_page((await session.scalars(keyset_statement(cursor, size))).all(), size)
+
+
+# ------------------------------------------------------- keyset by (price, id): a composite key
+
+
+def price_statement(cursor: tuple[int, int] | None, size: int) -> Select:
+    """Cars after ``cursor`` in (price, id) order: price is not unique, the id breaks ties."""
+    stmt = select(*SHOWN).order_by(Car.price, Car.id).limit(size + 1)
+    if cursor is not None:  # test for None, never for truth
+        price, car_id = cursor
+        stmt = stmt.where(tuple_(Car.price, Car.id) > tuple_(price, car_id))
+    return stmt
+
+
+def price_page_of(rows: Sequence[Row[Any]], size: int) -> Page:
+    """The first ``size`` rows; the next cursor is the last row's (price, id), if more follow."""
+    more = len(rows) > size  # the extra row says that another page follows
+    rows = rows[:size]
+    next_cursor = (rows[-1].price, rows[-1].id) if more else None
+    return Page([row.id for row in rows], next_cursor)
+
+
+async def aprice_page(
+    session: AsyncSession, cursor: tuple[int, int] | None, size: int = SIZE
+) -> Page:
+    """keyset by (price, id)"""
+    rows = (await session.execute(price_statement(cursor, size))).all()
+    return price_page_of(rows, size)
+
+
+def price_page(session: Session, cursor: tuple[int, int] | None, size: int = SIZE) -> Page:
+    """keyset by (price, id)"""
+    return price_page_of(session.execute(price_statement(cursor, size)).all(), size)
+
+
+def ids_in_price_order(session: Session) -> list[int]:
+    """Every car id in (price, id) order, the obvious way: load all, sort in Python."""
+    rows = session.execute(select(Car.id, Car.price)).all()
+    return [row.id for row in sorted(rows, key=lambda row: (row.price, row.id))]
+
+
+# -------------------------------------------------------------------------- OFFSET pages
+
+
+def _offset_statement(offset: int, size: int) -> Select:
+    return select(Car.id).order_by(Car.id).limit(size + 1).offset(offset)
+
+
+def _price_offset_statement(offset: int, size: int) -> Select:
+    return select(*SHOWN).order_by(Car.price, Car.id).limit(size + 1).offset(offset)
+
+
+def _offset_page(ids: Sequence[int], offset: int, size: int) -> Page:
+    ids = list(ids)
+    return Page(ids[:size], offset + size if len(ids) > size else None)
+
+
+def offset_page(session: Session, cursor: int | None, size: int = SIZE) -> Page:
+    """OFFSET/LIMIT by id"""
+    offset = cursor or 0  # the cursor is an offset: here 0 and None both mean the first page
+    return _offset_page(session.scalars(_offset_statement(offset, size)).all(), offset, size)
+
+
+async def aoffset_page(session: AsyncSession, cursor: int | None, size: int = SIZE) -> Page:
+    """OFFSET/LIMIT by id"""
+    offset = cursor or 0
+    rows = (await session.scalars(_offset_statement(offset, size))).all()
+    return _offset_page(rows, offset, size)
+
+
+def price_offset_page(session: Session, cursor: int | None, size: int = SIZE) -> Page:
+    """OFFSET/LIMIT by (price, id)"""
+    offset = cursor or 0
+    rows = session.execute(_price_offset_statement(offset, size)).all()
+    return _offset_page([row.id for row in rows], offset, size)
+
+
+async def aprice_offset_page(session: AsyncSession, cursor: int | None, size: int = SIZE) -> Page:
+    """OFFSET/LIMIT by (price, id)"""
+    offset = cursor or 0
+    rows = (await session.execute(_price_offset_statement(offset, size))).all()
+    return _offset_page([row.id for row in rows], offset, size)
+
+
+def _total() -> Select:
+    return select(func.count()).select_from(Car)
+
+
+def _counted_page(total: int, ids: Sequence[int], offset: int, size: int) -> Page:
+    return Page(list(ids), offset + size if offset + size < total else None)
+
+
+def offset_count_page(session: Session, cursor: int | None, size: int = SIZE) -> Page:
+    """OFFSET/LIMIT + count(*): "page N of M", two statements per page"""
+    offset = cursor or 0
+    total = session.scalar(_total())
+    ids = session.scalars(select(Car.id).order_by(Car.id).limit(size).offset(offset)).all()
+    return _counted_page(total, ids, offset, size)
+
+
+async def aoffset_count_page(session: AsyncSession, cursor: int | None, size: int = SIZE) -> Page:
+    """OFFSET/LIMIT + count(*): "page N of M", two statements per page"""
+    offset = cursor or 0
+    total = await session.scalar(_total())
+    stmt = select(Car.id).order_by(Car.id).limit(size).offset(offset)
+    return _counted_page(total, (await session.scalars(stmt)).all(), offset, size)
+
+
+# ------------------------------------------------------------- the popular guides' version
+
+
+def guide_statement(cursor: int | None, size: int) -> Select:
+    """The statement popular guides build: ``if cursor:`` drops the filter when cursor is 0."""
+    stmt = select(Car.id).order_by(Car.id).limit(size)
+    if cursor:  # the bug: 0 is falsy, so cursor 0 starts again from the first row
+        stmt = stmt.where(Car.id > cursor)
+    return stmt
+
+
+async def aguide_page(session: AsyncSession, cursor: int | None, size: int = SIZE) -> Page:
+    """the popular guides' keyset (if cursor:)"""
+    ids = list((await session.scalars(guide_statement(cursor, size))).all())
+    return Page(ids, ids[-1] if ids else None)  # the bug: the last page hands out a cursor too
+
+
+def guide_page(session: Session, cursor: int | None, size: int = SIZE) -> Page:
+    """the popular guides' keyset (if cursor:)"""
+    ids = list(session.scalars(guide_statement(cursor, size)).all())
+    return Page(ids, ids[-1] if ids else None)
+
+
+# -------------------------------------------------------------------------------- walking
+
+
+class _Walker:
+    """The bookkeeping of one walk, shared by :func:`walk` and :func:`awalk`."""
+
+    def __init__(self, size: int, first: int | None, max_pages: int):
+        self.size, self.first, self.max_pages = size, first, max_pages
+        self.ids: list[int] = []
+        self.cursor: Cursor | None = None
+        self.pages = 0
+        self.seen_cursors: set[Hashable] = set()
+
+    def next_size(self) -> int:
+        return self.first if self.pages == 0 and self.first is not None else self.size
+
+    def take(self, result: Any) -> bool:
+        """Record one page; True while the walk should go on."""
+        ids, next_cursor = result
+        self.pages += 1
+        self.ids.extend(ids)
+        if next_cursor is None or self.pages >= self.max_pages:
+            return False
+        key = next_cursor if isinstance(next_cursor, Hashable) else repr(next_cursor)
+        if key in self.seen_cursors:  # the same cursor again would loop forever
+            return False
+        self.seen_cursors.add(key)
+        self.cursor = next_cursor
+        return True
+
+
+def walk(
+    page: Callable[[Session, Any, int], Any],
+    session: Session,
+    size: int = SIZE,
+    *,
+    first: int | None = None,
+    max_pages: int = 10_000,
+) -> list[int]:
+    """Every id that ``page`` returns, walking from cursor None until the next cursor is None.
+
+    ``first`` sets the size of the first request only (the check uses 1, so the second
+    request carries the cursor of the very first row). A cursor seen twice ends the walk.
+    """
+    walker = _Walker(size, first, max_pages)
+    while walker.take(page(session, walker.cursor, walker.next_size())):
+        pass
+    return walker.ids
+
+
+async def awalk(
+    page: Callable[[AsyncSession, Any, int], Awaitable[Any]],
+    session: AsyncSession,
+    size: int = SIZE,
+    *,
+    first: int | None = None,
+    max_pages: int = 10_000,
+) -> list[int]:
+    """Like :func:`walk` for an ``async def`` page function."""
+    walker = _Walker(size, first, max_pages)
+    while walker.take(await page(session, walker.cursor, walker.next_size())):
+        pass
+    return walker.ids
+
+
+@dataclass(frozen=True)
+class PageWalk:
+    """The exercise check: walk every page of cars in id order, from the first to the last.
+
+    >>> from course_lib.data import dataset
+    >>> from course_lib.exercises import check
+    >>> db = dataset("sqlite", "tiny")
+    >>> walk_check = PageWalk(size=25, first=1)
+    >>> walk_check.budget(db)  # 1 row, then 59 rows in pages of 25
+    4
+    >>> check(walk_check.of(keyset_page), db, reference=walk_check.reference,
+    ...       budget=walk_check.budget(db)).passed
+    True
+
+    ``of(page)`` turns a page function into what ``cl.check`` / ``cl.acheck`` judge: the
+    list of ids walked, which must equal ``reference`` (every car once, in id order).
+    The budget is one statement per page, and no request after the last page.
+    """
+
+    size: int = 250
+    first: int | None = 1
+
+    def of(self, page: Callable[..., Any]) -> Callable[[Any], Any]:
+        """A solution for ``cl.check`` (sync ``page``) or ``cl.acheck`` (``async def page``)."""
+        if inspect.iscoroutinefunction(page):
+
+            async def walk_async(session: AsyncSession) -> list[int]:
+                return await awalk(page, session, self.size, first=self.first)
+
+            return walk_async
+
+        def walk_sync(session: Session) -> list[int]:
+            return walk(page, session, self.size, first=self.first)
+
+        return walk_sync
+
+    @staticmethod
+    def reference(session: Session) -> list[int]:
+        """Every car id in id order, the obvious way: all ids, sorted in Python."""
+        return sorted(session.scalars(select(Car.id)))
+
+    def pages(self, rows: int) -> int:
+        """How many requests a correct page function needs for ``rows`` rows."""
+        if self.first is None:
+            return max(1, math.ceil(rows / self.size))
+        return 1 + math.ceil(max(0, rows - self.first) / self.size)
+
+    def budget(self, db: Backend) -> int:
+        """The statement budget on ``db``: one statement per page (rows counted now)."""
+        with db.Session() as session:
+            return self.pages(session.scalar(_total()))
+
+
+# ------------------------------------------------------------- walking while rows change
+
+
+@dataclass
+class WalkReport:
+    """What a walk returned while rows were inserted or deleted between its pages."""
+
+    strategy: str
+    pages: int
+    returned: int
+    repeated: int  # extra copies of rows that existed before the walk
+    skipped: int  # rows present for the whole walk that it never returned
+    inserted: int
+    inserted_seen: int
+    ids: list[int] = field(default_factory=list, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        """The report as a table row (without the ids)."""
+        return {k: v for k, v in self.__dict__.items() if k != "ids"}
+
+
+Change = Callable[[Page], list[tuple[Executable, Any]]]
+
+_NEW_CAR = {
+    "dealership_id": 1,
+    "make": "Kia",
+    "model": "Picanto",
+    "year": 2025,
+    "is_sold": False,
+    "created_at": datetime(2025, 6, 1),
+    "updated_at": datetime(2025, 6, 1),
+}
+
+
+def new_cars(count: int, price: int = 20_000) -> list[dict[str, Any]]:
+    """``count`` new car rows (no id: the database assigns it), for bulk inserts."""
+    return [{**_NEW_CAR, "price": price} for _ in range(count)]
+
+
+def insert_before_and_after(page: Page) -> list[tuple[Executable, Any]]:
+    """After each page, insert a car that sorts first by (price, id) and one that sorts last.
+
+    Cars cost 4,000 to 79,900: price 1 lands before every cursor, 999,999 after it.
+    """
+    return [(insert(Car), new_cars(1, price=1) + new_cars(1, price=999_999))]
+
+
+def delete_first_row(page: Page) -> list[tuple[Executable, Any]]:
+    """After each page, delete the first row of that page (a row before the cursor)."""
+    return [(delete(Car).where(Car.id == page.ids[0]), None)] if page.ids else []
+
+
+def _label(fn: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(fn)
+    return doc.splitlines()[0].strip() if doc else fn.__name__
+
+
+def walk_while_writing(
+    db: Backend, page: Callable[[Session, Any, int], Any], size: int, change: Change
+) -> WalkReport:
+    """Walk every page of ``page``, running ``change(page)``'s statements between pages.
+
+    Everything happens in one transaction that is rolled back, so ``db`` is left as it was.
+    """
+    with db.Session() as session, session.begin():
+        ids = select(Car.id)
+        before = set(session.connection().scalars(ids))  # Core: no ORM work for 50,000 ids
+        walker = _Walker(size, None, 10_000)
+        while True:
+            result = Page(*page(session, walker.cursor, size))
+            if not walker.take(result):
+                break
+            for stmt, params in change(result):
+                session.execute(stmt, params)
+        after = set(session.connection().scalars(ids))
+        session.rollback()
+    counts = Counter(walker.ids)
+    inserted = after - before
+    return WalkReport(
+        strategy=_label(page),
+        pages=walker.pages,
+        returned=len(walker.ids),
+        repeated=sum(n - 1 for i, n in counts.items() if n > 1 and i in before),
+        skipped=len((before & after) - set(counts)),
+        inserted=len(inserted),
+        inserted_seen=len(inserted & set(counts)),
+        ids=walker.ids,
+    )
+
+
+def compare_walks(
+    db: Backend,
+    pages: Sequence[Callable[[Session, Any, int], Any]],
+    size: int,
+    changes: Sequence[Change],
+) -> pd.DataFrame:
+    """One :func:`walk_while_writing` per change and page function: a table of reports."""
+    rows = []
+    for change in changes:
+        for page in pages:
+            report = walk_while_writing(db, page, size, change)
+            rows.append({"backend": db.name, "change": change.__name__, **report.row()})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------- scratch copy
+
+
+def _car_rows(scale: Scale, dealerships: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The scale's dealership and car rows (of the first ``dealerships`` only, if given)."""
+    keep = dealerships if dealerships is not None else scale.dealerships
+    rows: dict[str, list[dict[str, Any]]] = {"dealerships": [], "cars": []}
+    for name, chunk in generate(scale):
+        if name == "dealerships":
+            rows[name].extend(row for row in chunk if row["id"] <= keep)
+        elif name == "cars":
+            rows[name].extend(row for row in chunk if row["dealership_id"] <= keep)
+    return rows
+
+
+def fill_cars(
+    db: Backend,
+    scale: Scale,
+    *,
+    index: bool = True,
+    dealerships: int | None = None,
+    rows: dict[str, list[dict[str, Any]]] | None = None,
+) -> Backend:
+    """Load the scale's dealerships and cars into ``db`` (empty tables), then ANALYZE.
+
+    Bulk Core inserts (``conn.execute(insert(table), rows)``) of the same deterministic rows
+    as the shared dataset (only the first ``dealerships``, if given); with ``index``, also
+    ``CREATE INDEX ix_cars_price_id ON cars (price, id)``, built on a private Table so the
+    course's models are untouched.
+    """
+    rows = rows if rows is not None else _car_rows(scale, dealerships)
+    engine = db.sync_engine
+    with engine.begin() as conn:
+        conn.execute(insert(Dealership), rows["dealerships"])
+        conn.execute(insert(Car), rows["cars"])
+        if index:
+            shadow = Table("cars", MetaData(), Column("price", Integer), Column("id", Integer))
+            Index(PRICE_INDEX, shadow.c.price, shadow.c.id).create(conn)
+        if engine.dialect.name == "postgresql":
+            largest = select(func.coalesce(func.max(Car.id), 0) + 1).scalar_subquery()
+            sequence = func.pg_get_serial_sequence("cars", "id")
+            conn.execute(select(func.setval(sequence, largest, False)))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE")
+    return db
+
+
+def cars_scratch(
+    course: Course, name: str = "pagination", *, dealerships: int | None = None
+) -> Course:
+    """``course.scratch(name)`` holding the same cars, plus the ``(price, id)`` index.
+
+    ``dealerships=k`` keeps only the cars of the first k dealerships (a smaller copy).
+    Idempotent: every call starts from empty tables and fills them again.
+    """
+    scratch = course.scratch(name)
+    rows = _car_rows(course.scale, dealerships)
+    for db in scratch.backends:
+        fill_cars(db, course.scale, rows=rows)
+    return scratch
+
+
+# ---------------------------------------------------------------- cursors and estimates
+
+
+def keyset_cursor(session: Session, page_number: int, size: int = SIZE, by: str = "id") -> Any:
+    """The cursor a client holds when it asks for page ``page_number`` (None for page 1).
+
+    Found with an OFFSET query, once and outside any timing: the key of the last row of the
+    previous page, ``id`` or ``(price, id)`` depending on ``by``.
+    """
+    if page_number <= 1:
+        return None
+    offset = (page_number - 1) * size - 1
+    if by == "id":
+        return session.scalar(select(Car.id).order_by(Car.id).offset(offset).limit(1))
+    if by == "price":
+        row = session.execute(
+            select(Car.price, Car.id).order_by(Car.price, Car.id).offset(offset).limit(1)
+        ).one()
+        return (row.price, row.id)
+    raise ValueError(f"by must be 'id' or 'price', not {by!r}")
+
+
+def keyset_cursors(
+    backends: Sequence[Backend], page_numbers: Sequence[int], size: int = SIZE, by: str = "id"
+) -> dict[tuple[str, int], Any]:
+    """:func:`keyset_cursor` for each backend and page: ``{(backend name, page): cursor}``."""
+    cursors = {}
+    for db in backends:
+        with db.Session() as session:
+            for number in page_numbers:
+                cursors[db.name, number] = keyset_cursor(session, number, size, by)
+    return cursors
+
+
+def estimate_statement(dialect: str, table_name: str = "cars") -> Select:
+    """The planner's row-count estimate for ``table_name``, as a select with bound parameters.
+
+    PostgreSQL: ``pg_class.reltuples`` (set by ANALYZE and VACUUM). SQLite: the first
+    number of ``sqlite_stat1.stat`` (rows, as of the last ANALYZE).
+
+    >>> estimate_statement("postgresql").compile().params
+    {'to_regclass_1': 'cars'}
+    """
+    if dialect == "postgresql":
+        pg_class = table("pg_class", column("oid"), column("reltuples"))
+        return select(pg_class.c.reltuples).where(pg_class.c.oid == func.to_regclass(table_name))
+    if dialect == "sqlite":
+        stat1 = table("sqlite_stat1", column("tbl"), column("stat"))
+        return select(stat1.c.stat).where(stat1.c.tbl == table_name).limit(1)
+    raise ValueError(f"no row estimate for {dialect}")
+
+
+def estimate_value(raw: Any) -> float:
+    """The number in an :func:`estimate_statement` result.
+
+    >>> estimate_value("50000 66 1"), estimate_value(50000.0)
+    (50000.0, 50000.0)
+    """
+    return float(str(raw).split()[0]) if raw is not None else float("nan")
+
+
+# --------------------------------------------------------------------------- display
+
+
+def plans_side_by_side(plans: dict[str, Plan]) -> Styler:
+    """Plans as the columns of one table, line by line (``{'deep OFFSET': p1, 'keyset': p2}``).
+
+    >>> plan = Plan("sqlite", ["SCAN cars"], False)
+    >>> plans_side_by_side({"a": plan, "b": plan}).data.columns.tolist()
+    ['a', 'b']
+    """
+    longest = max(len(plan.lines) for plan in plans.values())
+    frame = pd.DataFrame(
+        {title: plan.lines + [""] * (longest - len(plan.lines)) for title, plan in plans.items()}
+    )
+    return frame.style.set_properties(
+        **{"text-align": "left", "white-space": "pre", "font-family": "monospace"}
+    ).hide(axis="index")
+
+
+_ACTUAL_ROWS = re.compile(r"actual time=\S+ rows=(\d+) loops=(\d+)")
+
+
+def rows_scanned(plan: Plan) -> int:
+    """Rows the scan nodes of a PostgreSQL ``EXPLAIN ANALYZE`` plan produced (rows x loops).
+
+    SQLite's ``EXPLAIN QUERY PLAN`` has no row counts: use ``plan.full_scans()`` there.
+    """
+    if not plan.analyzed:
+        raise ValueError("rows_scanned needs an analyzed PostgreSQL plan (EXPLAIN ANALYZE)")
+    total = 0
+    for line in plan.lines:
+        if " Scan " in f" {line.strip()} " and (found := _ACTUAL_ROWS.search(line)):
+            total += int(found.group(1)) * int(found.group(2))
+    return total
+
+
+def source(*functions: Callable[..., Any]) -> Markdown:
+    """The source of ``functions`` as one highlighted Python block, to read in a notebook."""
+    code = "\n\n".join(inspect.getsource(fn).rstrip() for fn in functions)
+    return Markdown(f"```python\n{code}\n```")
+
+
+# ------------------------------------------------------------------ the exercise timing
+
+
+def deep_page_strategies(
+    page: Callable[..., Any], depth: int, size: int = SIZE
+) -> list[Callable[[Backend, int], Any]]:
+    """Two strategies ``fn(backend, n)`` for ``cl.acompare``, ``n`` being the page size:
+    OFFSET/LIMIT at page ``depth``, and ``page`` given the cursor of that page (looked up
+    once beforehand, not timed). ``page`` may be sync or ``async def``.
+    """
+    cursors: dict[str, Any] = {}
+
+    def cursor_for(db: Backend, n: int) -> Any:
+        if (db.database, n) not in cursors:
+            with db.Session() as session:
+                cursors[db.database, n] = keyset_cursor(session, depth, n)
+        return cursors[db.database, n]
+
+    async def offset_at_depth(db: Backend, n: int) -> Page:
+        """OFFSET/LIMIT"""
+        async with db.AsyncSession() as session:
+            return await aoffset_page(session, (depth - 1) * n, n)
+
+    async def your_page(db: Backend, n: int) -> Any:
+        """your page function"""
+        cursor = cursor_for(db, n)
+        if inspect.iscoroutinefunction(page):
+            async with db.AsyncSession() as session:
+                return await page(session, cursor, n)
+        with db.Session() as session:
+            return page(session, cursor, n)
+
+    return [offset_at_depth, your_page]

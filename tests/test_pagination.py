@@ -1,0 +1,409 @@
+"""Tests for course_lib.pagination: keyset pages, the walker, the exercise check, on every backend.
+
+Every test works on a scratch copy of the tiny cars (60 cars, ids 1..60) plus one imported
+car with id 0, in a database beside the fixture's: 61 cars, ids 0..60.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, inspect, select
+from sqlalchemy.orm import Session
+
+from course_lib import backends
+from course_lib import pagination as paging
+from course_lib.backends import Backend
+from course_lib.data import reset_schema
+from course_lib.exercises import CheckResult, acheck, check
+from course_lib.explain import Plan, explain
+from course_lib.measure import count_statements
+from course_lib.models import Car
+from course_lib.settings import choose_scale
+
+ALL_IDS = list(range(0, 61))
+TINY = choose_scale("tiny")
+
+
+def _beside(db: Backend, name: str) -> Backend:
+    """An empty course schema in database ``name`` on the same server (or folder) as ``db``."""
+    if db.name == "sqlite":
+        path = str(Path(db.sync_url.database).with_name(f"{name}.sqlite"))
+        scratch = Backend(
+            "sqlite",
+            db.sync_url.set(database=path),
+            db.async_url.set(database=path),
+            "test scratch",
+            name,
+        )
+    else:
+        backends._ensure_database(db.sync_url, name, db.source)
+        scratch = Backend(
+            "postgresql",
+            db.sync_url.set(database=name),
+            db.async_url.set(database=name),
+            db.source,
+            name,
+        )
+    return reset_schema(scratch)
+
+
+@pytest.fixture(scope="module", params=["sqlite_db", "pg_service", "pg_embedded"])
+def cars(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The tiny cars with the (price, id) index, plus car 0, beside each backend's dataset."""
+    db = _beside(request.getfixturevalue(request.param), "scratch_pagination_test")
+    paging.fill_cars(db, TINY)
+    when = datetime(2024, 1, 1)
+    with db.Session.begin() as session:
+        session.add(
+            Car(
+                id=0,
+                dealership_id=1,
+                make="Fiat",
+                model="Panda",
+                year=2009,
+                price=3_900,
+                created_at=when,
+                updated_at=when,
+            )
+        )
+    yield db
+    db.sync_engine.dispose()
+
+
+def _arun(db: Backend, coro_fn: Any) -> Any:
+    """Run ``coro_fn()`` in a fresh loop, closing the async pool inside it."""
+
+    async def main() -> Any:
+        try:
+            return await coro_fn()
+        finally:
+            await db.engine.dispose()
+
+    return asyncio.run(main())
+
+
+# ------------------------------------------------------------------------ keyset pages
+
+
+@pytest.mark.parametrize("size", [1, 7, 20, 61, 100])
+def test_keyset_walk_returns_every_row_once_in_order(cars: Backend, size: int) -> None:
+    with count_statements(cars) as log, cars.Session() as session:
+        walked = paging.walk(paging.keyset_page, session, size)
+    assert walked == ALL_IDS
+    assert log.count == paging.PageWalk(size=size, first=None).pages(61)  # one per page
+
+
+def test_cursor_zero_is_a_real_cursor(cars: Backend) -> None:
+    with cars.Session() as session:
+        assert paging.keyset_page(session, 0, 5) == ([1, 2, 3, 4, 5], 5)
+        assert paging.keyset_page(session, None, 1) == ([0], 0)
+        # the guides' version starts again from the first row: row 0 comes back
+        assert paging.guide_page(session, 0, 5).ids == [0, 1, 2, 3, 4]
+
+
+def test_last_page_returns_no_next_cursor(cars: Backend) -> None:
+    with cars.Session() as session:
+        assert paging.keyset_page(session, 55, 20) == ([56, 57, 58, 59, 60], None)
+        assert paging.keyset_page(session, 40, 20) == (list(range(41, 61)), None)  # exactly full
+        assert paging.keyset_page(session, 60, 20) == ([], None)
+        guide_last = paging.guide_page(session, 40, 20)
+        assert guide_last.next_cursor == 60  # the guides hand out a cursor on the last page
+        assert paging.guide_page(session, guide_last.next_cursor, 20) == ([], None)
+
+
+def test_keyset_statement_binds_the_cursor() -> None:
+    compiled = paging.keyset_statement(0, 20).compile()
+    assert compiled.params == {"id_1": 0, "param_1": 21}
+    assert "cars.id > :id_1" in str(compiled)
+    assert "WHERE" not in str(paging.keyset_statement(None, 20))
+
+
+@pytest.mark.parametrize("size", [1, 6, 61])
+def test_price_walk_matches_python_sort(cars: Backend, size: int) -> None:
+    with cars.Session() as session:
+        expected = paging.ids_in_price_order(session)
+        walked = paging.walk(paging.price_page, session, size)
+    assert sorted(expected) == ALL_IDS
+    assert walked == expected
+
+    async def walk_async() -> list[int]:
+        async with cars.AsyncSession() as session:
+            return await paging.awalk(paging.aprice_page, session, size)
+
+    assert _arun(cars, walk_async) == expected
+
+
+def test_price_statement_uses_row_values(cars: Backend) -> None:
+    with count_statements(cars) as log, cars.Session() as session:
+        page = paging.price_page(session, (3_900, 0), 3)
+    assert log.count == 1
+    assert "(cars.price, cars.id) >" in log.sql[0]
+    with cars.Session() as session:
+        expected = paging.ids_in_price_order(session)
+    assert page.ids == expected[1:4]
+    if cars.name == "sqlite":  # tiny tables: PostgreSQL may rightly prefer a scan and a sort
+        plan = explain(cars, paging.price_statement((3_900, 0), 3))
+        assert plan.uses_index(paging.PRICE_INDEX), plan
+
+
+def test_offset_pages_are_complete_when_nothing_changes(cars: Backend) -> None:
+    with cars.Session() as session:
+        assert paging.walk(paging.offset_page, session, 7) == ALL_IDS
+        assert paging.walk(paging.offset_count_page, session, 7) == ALL_IDS
+        walked = paging.walk(paging.price_offset_page, session, 7)
+        assert walked == paging.ids_in_price_order(session)
+
+
+def test_async_pages_agree_with_sync(cars: Backend) -> None:
+    async def pages() -> list[Any]:
+        async with cars.AsyncSession() as session:
+            return [
+                await paging.akeyset_page(session, 0, 5),
+                await paging.aoffset_page(session, 1, 5),
+                await paging.aoffset_count_page(session, 1, 5),
+                await paging.aguide_page(session, 0, 5),
+                await paging.aprice_offset_page(session, 0, 5),
+            ]
+
+    with cars.Session() as session:
+        expected = [
+            paging.keyset_page(session, 0, 5),
+            paging.offset_page(session, 1, 5),
+            paging.offset_count_page(session, 1, 5),
+            paging.guide_page(session, 0, 5),
+            paging.price_offset_page(session, 0, 5),
+        ]
+    assert _arun(cars, pages) == expected
+
+
+# ---------------------------------------------------------------- walking while writing
+
+
+def _count(db: Backend) -> int:
+    with db.Session() as session:
+        return session.scalar(select(func.count()).select_from(Car))
+
+
+def test_keyset_neither_skips_nor_repeats_while_rows_are_inserted(cars: Backend) -> None:
+    report = paging.walk_while_writing(cars, paging.price_page, 7, paging.insert_before_and_after)
+    assert report.repeated == 0
+    assert report.skipped == 0
+    assert set(ALL_IDS) <= set(report.ids)  # every existing row came back
+    assert len(report.ids) == len(set(report.ids))  # none twice
+    # one car was inserted before the cursor and one after it, between every two pages;
+    # the walk sees those inserted after it and none of those inserted before
+    assert report.inserted == 2 * (report.pages - 1)
+    assert report.inserted_seen == report.inserted // 2
+    assert _count(cars) == 61  # the walk was rolled back
+
+
+def test_offset_repeats_rows_when_rows_are_inserted_before_the_cursor(cars: Backend) -> None:
+    report = paging.walk_while_writing(
+        cars, paging.price_offset_page, 7, paging.insert_before_and_after
+    )
+    assert report.repeated > 0
+    assert report.skipped == 0
+    assert _count(cars) == 61
+
+
+def test_deletes_make_offset_skip_but_not_keyset(cars: Backend) -> None:
+    keyset = paging.walk_while_writing(cars, paging.price_page, 7, paging.delete_first_row)
+    offset = paging.walk_while_writing(cars, paging.price_offset_page, 7, paging.delete_first_row)
+    assert (keyset.repeated, keyset.skipped) == (0, 0)
+    assert keyset.returned == 61
+    assert offset.skipped > 0
+    assert offset.repeated == 0
+    assert _count(cars) == 61
+
+
+def test_compare_walks_table(cars: Backend) -> None:
+    frame = paging.compare_walks(
+        cars,
+        [paging.price_offset_page, paging.price_page],
+        7,
+        [paging.insert_before_and_after, paging.delete_first_row],
+    )
+    assert (
+        frame["strategy"].tolist() == ["OFFSET/LIMIT by (price, id)", "keyset by (price, id)"] * 2
+    )
+    assert frame["change"].tolist() == ["insert_before_and_after"] * 2 + ["delete_first_row"] * 2
+    keyset = frame[frame["strategy"] == "keyset by (price, id)"]
+    assert (keyset[["repeated", "skipped"]] == 0).all().all()
+
+
+# ------------------------------------------------------------------- the exercise check
+
+
+def _full_page_cursor(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Handles cursor 0, but hands out a next cursor whenever a page is full."""
+    stmt = select(Car.id).order_by(Car.id).limit(size)
+    if cursor is not None:
+        stmt = stmt.where(Car.id > cursor)
+    ids = list(session.scalars(stmt))
+    return paging.Page(ids, ids[-1] if len(ids) == size else None)
+
+
+def _stub(session: Session, cursor: int | None, size: int) -> paging.Page:
+    raise NotImplementedError("your turn")
+
+
+def _check(db: Backend, page: Any, walk: paging.PageWalk) -> CheckResult:
+    return check(walk.of(page), db, reference=walk.reference, budget=walk.budget(db))
+
+
+def test_check_budget_counts_pages() -> None:
+    walk = paging.PageWalk(size=250, first=1)
+    assert walk.pages(50_001) == 201
+    assert walk.pages(1) == 1
+    assert walk.pages(0) == 1
+    assert paging.PageWalk(size=250, first=None).pages(50_000) == 200
+
+
+def test_check_accepts_the_solution(cars: Backend) -> None:
+    walk = paging.PageWalk(size=7, first=1)
+    result = _check(cars, paging.keyset_page, walk)
+    assert result.passed, result
+    assert result.statements == result.budget == 10  # 1 row, then 60 in pages of 7
+
+
+def test_check_says_not_attempted_for_the_stub(cars: Backend) -> None:
+    result = _check(cars, _stub, paging.PageWalk(size=7))
+    assert result.status == "not attempted"
+
+
+def test_check_rejects_offset_with_count(cars: Backend) -> None:
+    result = _check(cars, paging.offset_count_page, paging.PageWalk(size=7))
+    assert result.status == "over budget", result
+    assert result.statements == 2 * result.budget  # count(*) on every page
+
+
+def test_check_rejects_the_guides_if_cursor(cars: Backend) -> None:
+    result = _check(cars, paging.guide_page, paging.PageWalk(size=7))
+    assert result.status == "wrong result", result  # cursor 0 brought row 0 back
+
+
+def test_check_rejects_a_next_cursor_after_the_last_page(cars: Backend) -> None:
+    walk = paging.PageWalk(size=6, first=1)  # 1 row, then 60 in 10 full pages
+    result = _check(cars, _full_page_cursor, walk)
+    assert result.status == "over budget", result
+    assert result.statements == result.budget + 1  # one request for an empty page
+
+
+def test_acheck_judges_async_page_functions(cars: Backend) -> None:
+    walk = paging.PageWalk(size=7, first=1)
+
+    async def verdicts() -> list[CheckResult]:
+        return [
+            await acheck(walk.of(page), cars, reference=walk.reference, budget=walk.budget(cars))
+            for page in (paging.akeyset_page, paging.aguide_page, paging.aoffset_count_page)
+        ]
+
+    solution, guide, naive = _arun(cars, verdicts)
+    assert solution.passed, solution
+    assert guide.status == "wrong result"
+    assert naive.status == "over budget"
+
+
+def test_walk_stops_when_a_cursor_repeats(cars: Backend) -> None:
+    def stuck(session: Session, cursor: int | None, size: int) -> paging.Page:
+        return paging.Page([1], 1)
+
+    with cars.Session() as session:
+        assert paging.walk(stuck, session, 5) == [1, 1]
+
+
+# -------------------------------------------------------------- cursors, estimates, plans
+
+
+def test_keyset_cursor(cars: Backend) -> None:
+    with cars.Session() as session:
+        assert paging.keyset_cursor(session, 1, 5) is None
+        assert paging.keyset_cursor(session, 3, 5) == 9  # ids 0..9 are on pages 1 and 2
+        price_order = paging.ids_in_price_order(session)
+        price, car_id = paging.keyset_cursor(session, 2, 5, by="price")
+        assert car_id == price_order[4]
+        assert session.get(Car, car_id).price == price
+        with pytest.raises(ValueError, match="by must be"):
+            paging.keyset_cursor(session, 2, 5, by="make")
+    cursors = paging.keyset_cursors([cars], [1, 3], size=5)
+    assert cursors == {(cars.name, 1): None, (cars.name, 3): 9}
+
+
+def test_fill_cars_copies_the_shared_rows_and_adds_the_index(
+    cars: Backend, sqlite_db: Backend
+) -> None:
+    columns = (Car.id, Car.dealership_id, Car.make, Car.model, Car.year, Car.price)
+    with cars.Session() as scratch, sqlite_db.Session() as shared:
+        copied = scratch.execute(select(*columns).where(Car.id > 0).order_by(Car.id)).all()
+        original = shared.execute(select(*columns).order_by(Car.id)).all()
+    assert copied == original
+    indexes = {ix["name"] for ix in inspect(cars.sync_engine).get_indexes("cars")}
+    assert paging.PRICE_INDEX in indexes
+    assert "ix_cars_price_id" not in {ix.name for ix in Car.__table__.indexes}  # models untouched
+
+
+def test_estimate_statement_is_bound_and_close(cars: Backend) -> None:
+    stmt = paging.estimate_statement(cars.name)
+    assert list(stmt.compile().params.values()) == ["cars"] + ([1] if cars.name == "sqlite" else [])
+    assert "'cars'" not in str(stmt)
+    with cars.Session() as session:
+        estimate = paging.estimate_value(session.scalar(stmt))
+        exact = session.scalar(select(func.count()).select_from(Car))
+    assert exact == 61
+    assert abs(estimate - exact) / exact < 0.10  # ANALYZE ran before car 0 was added
+    with pytest.raises(ValueError):
+        paging.estimate_statement("mysql")
+
+
+def test_estimate_value() -> None:
+    assert paging.estimate_value("61 2 1") == 61.0
+    assert paging.estimate_value(61.0) == 61.0
+    assert paging.estimate_value(None) != paging.estimate_value(None)  # NaN
+
+
+def test_rows_scanned_reads_actual_rows() -> None:
+    lines = [
+        "Limit  (cost=1.0..2.0 rows=20 width=8) (actual time=1.0..1.1 rows=20 loops=1)",
+        "  ->  Index Scan using cars_pkey on cars  (cost=0.29..1805.29 rows=50000 width=8)"
+        " (actual time=0.038..12.304 rows=40000 loops=1)",
+    ]
+    assert paging.rows_scanned(Plan("postgresql", lines, True)) == 40_000
+    with pytest.raises(ValueError):
+        paging.rows_scanned(Plan("sqlite", ["SCAN cars"], False))
+
+
+def test_rows_scanned_on_postgresql(cars: Backend) -> None:
+    if cars.name != "postgresql":
+        pytest.skip("EXPLAIN ANALYZE row counts are a PostgreSQL feature")
+    offset = explain(cars, select(Car.id).order_by(Car.id).offset(40).limit(5))
+    keyset = explain(cars, paging.keyset_statement(40, 5))
+    assert paging.rows_scanned(offset) >= 45  # every row before the page, and the page
+    assert paging.rows_scanned(keyset) < paging.rows_scanned(offset)
+
+
+def test_plans_side_by_side_and_source() -> None:
+    a = Plan("sqlite", ["SCAN cars"], False)
+    b = Plan("sqlite", ["SEARCH cars USING INTEGER PRIMARY KEY (rowid>?)", "x"], False)
+    frame = paging.plans_side_by_side({"offset": a, "keyset": b}).data
+    assert frame.columns.tolist() == ["offset", "keyset"]
+    assert frame["offset"].tolist() == ["SCAN cars", ""]
+    text = paging.source(paging.aguide_page).data
+    assert text.startswith("```python\nasync def aguide_page(")
+    assert "if ids else None" in text
+
+
+def test_deep_page_strategies_return_the_same_page(cars: Backend) -> None:
+    offset_at_depth, your_page = paging.deep_page_strategies(paging.akeyset_page, depth=3)
+    _, sync_page = paging.deep_page_strategies(paging.keyset_page, depth=3)
+
+    async def pages() -> list[Any]:
+        return [await offset_at_depth(cars, 5), await your_page(cars, 5), await sync_page(cars, 5)]
+
+    offset, keyset, sync = _arun(cars, pages)
+    assert offset.ids == keyset.ids == sync.ids == [10, 11, 12, 13, 14]
