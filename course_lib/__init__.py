@@ -9,7 +9,7 @@ A notebook's setup is one call, and every measurement is one more::
     cl.bar_chart(cl.compare([lazy, eager], course.backends, n=200))
 """
 
-from .course import Course, setup
+from .course import Course, setup, short_errors
 from .exercises import CheckResult, acheck, check
 from .explain import Plan, aexplain, explain
 from .measure import (
@@ -55,6 +55,7 @@ __all__ = [
     "scaling",
     "scaling_chart",
     "setup",
+    "short_errors",
     "simulate_round_trip",
     "speedup",
 ]

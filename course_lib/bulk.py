@@ -21,8 +21,7 @@ import inspect
 import itertools
 import pstats
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +30,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from sqlalchemy import create_engine, delete, insert, select, text
-from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -58,7 +56,6 @@ __all__ = [
     "raw_executemany",
     "reference_import_cars",
     "reset_cars",
-    "short_errors",
     "sql_digest",
     "vs_raw",
 ]
@@ -440,57 +437,6 @@ def _short(filename: str, name: str) -> str:
     else:
         path = path.rsplit("/", 1)[-1]
     return f"{path}:{name}"
-
-
-# ------------------------------------------------------------------------ errors
-
-
-def _minimal_traceback_for_this_cell() -> None:
-    """In IPython, report the current cell's error as type and message only, then restore."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython ships with the course
-        return
-    shell = get_ipython()
-    if shell is None:
-        return
-    formatter = shell.InteractiveTB
-    previous = formatter.mode
-    formatter.set_mode("Minimal")
-
-    def restore(*_args: Any) -> None:
-        formatter.set_mode(previous)
-        shell.events.unregister("post_run_cell", restore)
-
-    shell.events.register("post_run_cell", restore)
-
-
-@contextmanager
-def short_errors(limit: int = 160) -> Iterator[None]:
-    """Show an error raised in the block as one short message.
-
-    A statement with 30,000 bind parameters is hundreds of kilobytes of SQL, and
-    SQLAlchemy's error message repeats all of it, under a long traceback through
-    SQLAlchemy's internals. This trims the SQL in a ``StatementError`` to its first
-    ``limit`` characters and, in IPython, reports this cell's error as its type and message
-    only (the traceback mode is restored after the cell). The exception itself is re-raised
-    unchanged otherwise.
-
-    >>> with short_errors():
-    ...     raise ValueError("boom")
-    Traceback (most recent call last):
-    ValueError: boom
-    """
-    try:
-        yield
-    except StatementError as exc:
-        if exc.statement and len(exc.statement) > limit:
-            exc.statement = exc.statement[:limit] + " …"
-        _minimal_traceback_for_this_cell()
-        raise
-    except Exception:
-        _minimal_traceback_for_this_cell()
-        raise
 
 
 # ------------------------------------------------------------------------ the exercise

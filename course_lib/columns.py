@@ -27,18 +27,17 @@ import inspect
 import re
 import statistics
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from .backends import Backend
-from .measure import apeak_memory, count_statements, label_of, peak_memory
-from .models import Base, Post
+from .exercises import objects_built
+from .measure import apeak_memory, count_statements, iqr, label_of, peak_memory
+from .models import Post
 
 __all__ = [
     "FIRST_ROW",
@@ -75,13 +74,6 @@ class _Clock:
         return self.first - self.start, end - self.start
 
 
-def _spread(values: list[float]) -> float:
-    if len(values) < 4:
-        return max(values) - min(values)
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q3 - q1
-
-
 class _Runs:
     """The bookkeeping :func:`time_to_first_row` and :func:`atime_to_first_row` share."""
 
@@ -108,9 +100,9 @@ class _Runs:
             "backend": db.name,
             "n": n,
             FIRST_ROW: statistics.median(firsts),
-            "first row spread": _spread(firsts),
+            "first row spread": iqr(firsts),
             "median": statistics.median(totals),
-            "spread": _spread(totals),
+            "spread": iqr(totals),
             "statements": statements,
         }
         if peak is not None:
@@ -213,27 +205,6 @@ def ratios(
     picked = largest.set_index(["strategy", "backend", "n"])[list(measures)]
     result = picked.xs(names[0], level="strategy") / picked.xs(names[1], level="strategy")
     return result.rename(columns=lambda m: f"{m} ×").reset_index()
-
-
-@contextmanager
-def objects_built() -> Iterator[Counter[str]]:
-    """Count the ORM objects built from rows while the block runs, by class name.
-
-    >>> with objects_built() as built:
-    ...     pass
-    >>> sum(built.values())
-    0
-    """
-    built: Counter[str] = Counter()
-
-    def on_load(target: Any, _context: Any) -> None:
-        built[type(target).__name__] += 1
-
-    event.listen(Base, "load", on_load, propagate=True)
-    try:
-        yield built
-    finally:
-        event.remove(Base, "load", on_load)
 
 
 # ------------------------------------------------------------------ server-side cursors

@@ -13,10 +13,13 @@ each backend holds that scale's dataset (building it only when missing), and ret
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from sqlalchemy.exc import StatementError
 
 from .backends import Backend
 from .data import build, dataset, expected_rows, reset_schema, row_counts
@@ -132,3 +135,51 @@ def setup(scale: str | None = None, backends: str | list[str] | None = None) -> 
     _one_line_errors()
     chosen = choose_scale(scale)
     return Course(chosen, [dataset(name, chosen) for name in choose_backends(backends)])
+
+
+def _minimal_traceback_for_this_cell() -> None:
+    """In IPython, report the current cell's error as type and message only, then restore."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython ships with the course
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    formatter = shell.InteractiveTB
+    previous = formatter.mode
+    formatter.set_mode("Minimal")
+
+    def restore(*_args: Any) -> None:
+        formatter.set_mode(previous)
+        shell.events.unregister("post_run_cell", restore)
+
+    shell.events.register("post_run_cell", restore)
+
+
+@contextmanager
+def short_errors(limit: int = 160) -> Iterator[None]:
+    """Show an error raised in the block as one short message.
+
+    A statement with 30,000 bind parameters is hundreds of kilobytes of SQL, and
+    SQLAlchemy's error message repeats all of it, under a long traceback through
+    SQLAlchemy's internals. This trims the SQL in a ``StatementError`` to its first
+    ``limit`` characters and, in IPython, reports this cell's error as its type and message
+    only (the traceback mode is restored after the cell). The exception itself is re-raised
+    unchanged otherwise.
+
+    >>> with short_errors():
+    ...     raise ValueError("boom")
+    Traceback (most recent call last):
+    ValueError: boom
+    """
+    try:
+        yield
+    except StatementError as exc:
+        if exc.statement and len(exc.statement) > limit:
+            exc.statement = exc.statement[:limit] + " …"
+        _minimal_traceback_for_this_cell()
+        raise
+    except Exception:
+        _minimal_traceback_for_this_cell()
+        raise

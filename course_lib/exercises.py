@@ -48,8 +48,14 @@ class CheckResult:
 
 
 @contextmanager
-def _entities_loaded() -> Iterator[Counter[str]]:
-    """Count ORM instances loaded from rows, by class name, while the block runs."""
+def objects_built() -> Iterator[Counter[str]]:
+    """Count ORM objects built from rows (the ORM ``load`` event), by class name, in the block.
+
+    >>> with objects_built() as built:
+    ...     pass
+    >>> sum(built.values())
+    0
+    """
     loaded: Counter[str] = Counter()
 
     def on_load(target: Any, _context: Any) -> None:
@@ -160,7 +166,7 @@ def check(
     with (
         backend.Session() as session,
         count_statements(backend) as log,
-        _entities_loaded() as loaded,
+        objects_built() as loaded,
     ):
         try:
             result = solution(session)
@@ -182,7 +188,7 @@ async def acheck(
     """Like :func:`check`, giving ``solution`` a fresh AsyncSession and awaiting it."""
     attempt = _Attempt(_expected(backend, expected, reference), budget, forbid_entities, normalize)
     async with backend.AsyncSession() as session:
-        with count_statements(backend) as log, _entities_loaded() as loaded:
+        with count_statements(backend) as log, objects_built() as loaded:
             try:
                 result = solution(session)
                 if inspect.isawaitable(result):

@@ -53,6 +53,7 @@ __all__ = [
     "benchmark",
     "compare",
     "count_statements",
+    "iqr",
     "label_of",
     "peak_memory",
     "round_trip_ms",
@@ -245,6 +246,14 @@ def simulate_round_trip(target: Target, ms: float = 0.5) -> Iterator[float]:
 # ----------------------------------------------------------------------------- timing
 
 
+def iqr(values: Sequence[float]) -> float:
+    """The spread the course reports: interquartile range (max - min for fewer than 4 values)."""
+    if len(values) < 4:
+        return max(values) - min(values)
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
+
+
 @dataclass
 class Timing:
     """Repeated timings of one callable (seconds), after the warm-up runs were discarded."""
@@ -261,10 +270,7 @@ class Timing:
     @property
     def spread_s(self) -> float:
         """Interquartile range of the runs (max - min when there are fewer than 4)."""
-        if len(self.runs_s) < 4:
-            return max(self.runs_s) - min(self.runs_s)
-        q1, _, q3 = statistics.quantiles(self.runs_s, n=4, method="inclusive")
-        return q3 - q1
+        return iqr(self.runs_s)
 
     def __repr__(self) -> str:
         return (

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from course_lib import backends, bulk
 from course_lib.backends import Backend
+from course_lib.course import short_errors
 from course_lib.data import reset_schema
 from course_lib.exercises import acheck, check
 from course_lib.measure import count_statements
@@ -111,7 +112,7 @@ def test_multi_values_breaks_asyncpg_parameter_limit(pg_service: Backend) -> Non
     async def run() -> int:
         try:
             async with db.AsyncSession() as session:
-                with pytest.raises(InterfaceError, match="32767"), bulk.short_errors():
+                with pytest.raises(InterfaceError, match="32767"), short_errors():
                     await session.execute(insert(Car).values(rows))
             async with db.AsyncSession() as session:
                 with count_statements(db) as log:
@@ -182,11 +183,11 @@ def test_profile_adds_time_up_by_area_per_strategy(sqlite_db: Backend) -> None:
 
 def test_short_errors_trims_the_sql_and_reraises() -> None:
     error = StatementError("boom", "SELECT " + "x, " * 500, {}, ValueError("x"))
-    with pytest.raises(StatementError) as caught, bulk.short_errors(limit=20):
+    with pytest.raises(StatementError) as caught, short_errors(limit=20):
         raise error
     assert caught.value is error
     assert error.statement == "SELECT x, x, x, x, x …"
-    with pytest.raises(KeyError), bulk.short_errors():
+    with pytest.raises(KeyError), short_errors():
         raise KeyError("other errors pass through")
 
 
