@@ -112,13 +112,18 @@ class Course:
         )
 
 
-def _one_line_errors() -> None:
-    """In IPython, show CourseConfigError as its message, not a traceback."""
+def _shell() -> Any:
+    """The running IPython shell, or None outside IPython."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython ships with the course
-        return
-    shell = get_ipython()
+        return None
+    return get_ipython()
+
+
+def _one_line_errors() -> None:
+    """In IPython, show CourseConfigError as its message, not a traceback."""
+    shell = _shell()
     if shell is None:
         return
 
@@ -139,11 +144,7 @@ def setup(scale: str | None = None, backends: str | list[str] | None = None) -> 
 
 def _minimal_traceback_for_this_cell() -> None:
     """In IPython, report the current cell's error as type and message only, then restore."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython ships with the course
-        return
-    shell = get_ipython()
+    shell = _shell()
     if shell is None:
         return
     formatter = shell.InteractiveTB
