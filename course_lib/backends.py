@@ -14,14 +14,16 @@ raises :class:`CourseConfigError` with one line that names the fix.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock
 from sqlalchemy import URL, Engine, create_engine, event, make_url, text
@@ -32,6 +34,7 @@ from sqlalchemy.pool import NullPool
 
 from .settings import CourseConfigError, data_dir, display_path
 
+T = TypeVar("T")
 _DB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _PG_FIX = "or unset COURSE_POSTGRES_URL to use the embedded server, or set COURSE_BACKENDS=sqlite"
 
@@ -102,6 +105,21 @@ class Backend:
             getattr(self.__dict__.get("engine"), "sync_engine", None),
         ]
         return [e for e in made if e is not None]
+
+    def run(self, work: Callable[[], Awaitable[T]] | Awaitable[T]) -> T:
+        """Run async work to completion from sync code (scripts, tests), in a fresh loop.
+
+        The async pool is disposed inside that loop: pooled asyncpg connections cannot be
+        reused from another event loop. In a notebook, just ``await`` instead.
+        """
+
+        async def main() -> T:
+            try:
+                return await (work() if callable(work) else work)
+            finally:
+                await self.engine.dispose()
+
+        return asyncio.run(main())
 
     async def dispose(self) -> None:
         """Close every pooled connection of both engines."""

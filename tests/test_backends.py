@@ -344,3 +344,14 @@ def test_sibling_stays_on_the_same_server(pg_embedded: Backend, sqlite_db: Backe
     lite = sqlite_db.sibling("course_sibling_test")
     assert Path(lite.sync_url.database).parent == Path(sqlite_db.sync_url.database).parent
     assert Path(lite.sync_url.database).name == "course_sibling_test.sqlite"
+
+
+def test_run_executes_async_work_twice_in_fresh_loops(any_db: Backend) -> None:
+    """Backend.run accepts a coroutine function or an awaitable; the pool survives new loops."""
+
+    async def one() -> int:
+        async with any_db.AsyncSession() as session:
+            return await session.scalar(text("select 1"))
+
+    assert any_db.run(one) == 1
+    assert any_db.run(one()) == 1  # a second loop: pooled connections were disposed in the first

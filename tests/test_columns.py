@@ -3,7 +3,6 @@ and notebook 02's exercise check (it rejects full entities and accepts a column 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
@@ -30,16 +29,8 @@ COMMENTS = select(Comment).order_by(Comment.id)
 
 
 def _run(db: Backend, work: Awaitable[Any]) -> Any:
-    """Run ``work`` in a fresh event loop, then dispose the async pool inside that loop
-    (pooled asyncpg connections cannot cross event loops)."""
-
-    async def main() -> Any:
-        try:
-            return await work
-        finally:
-            await db.engine.dispose()
-
-    return asyncio.run(main())
+    """Run async work in a fresh loop (see Backend.run)."""
+    return db.run(work)
 
 
 # ------------------------------------------------------------------ time to first row

@@ -29,15 +29,8 @@ from course_lib.models import Car, Dealership, User
 
 
 def _run(db: Backend, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Run ``make()`` in a fresh event loop, then dispose the async engine inside that loop."""
-
-    async def main() -> Any:
-        try:
-            return await make()
-        finally:
-            await db.engine.dispose()
-
-    return asyncio.run(main())
+    """Run async work in a fresh loop (see Backend.run)."""
+    return db.run(make)
 
 
 def test_error_name_of_a_plain_error_and_of_no_error() -> None:

@@ -37,15 +37,8 @@ COLUMNS = ["strategy", "backend", "n", "median", "spread", "statements", "simula
 
 
 def _run(db: Backend, make: Callable[[], Awaitable[Any]]) -> Any:
-    """Run a coroutine in a new event loop and close the async pool inside that same loop."""
-
-    async def main() -> Any:
-        try:
-            return await make()
-        finally:
-            await db.engine.dispose()
-
-    return asyncio.run(main())
+    """Run async work in a fresh loop (see Backend.run)."""
+    return db.run(make)
 
 
 # ---------------------------------------------------------------------- counting

@@ -6,7 +6,6 @@ car with id 0, in a database beside the fixture's: 61 cars, ids 0..60.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -77,15 +76,8 @@ def cars(request: pytest.FixtureRequest) -> Iterator[Backend]:
 
 
 def _arun(db: Backend, coro_fn: Any) -> Any:
-    """Run ``coro_fn()`` in a fresh loop, closing the async pool inside it."""
-
-    async def main() -> Any:
-        try:
-            return await coro_fn()
-        finally:
-            await db.engine.dispose()
-
-    return asyncio.run(main())
+    """Run async work in a fresh loop (see Backend.run)."""
+    return db.run(coro_fn)
 
 
 # ------------------------------------------------------------------------ keyset pages
