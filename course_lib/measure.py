@@ -24,24 +24,27 @@ A strategy is a small function ``fn(backend, n)`` whose docstring's first line i
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
+import math
 import statistics
 import time
 import tracemalloc
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import pandas as pd
 from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import await_only
+from sqlalchemy.util.concurrency import await_, in_greenlet
 
 from .backends import Backend
 
 __all__ = [
+    "RoundTrip",
     "Statement",
     "StatementLog",
     "Timing",
@@ -56,10 +59,12 @@ __all__ = [
     "iqr",
     "label_of",
     "peak_memory",
+    "quartiles",
     "round_trip_ms",
     "scaling",
     "simulate_round_trip",
     "speedup",
+    "table",
 ]
 
 Target = Backend | Engine | AsyncEngine
@@ -189,53 +194,100 @@ def count_statements(target: Target) -> Iterator[StatementLog]:
 
 _round_trips: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
 
+#: The events a simulated network charges: every statement, and every BEGIN, COMMIT and
+#: ROLLBACK (a real network charges for those too, whether or not SQL text is sent).
+CHARGED_EVENTS = ("before_cursor_execute", "begin", "commit", "rollback")
+
 
 def round_trip_ms(target: Target) -> float:
-    """The simulated delay per statement currently added to ``target`` (0 when none)."""
+    """The simulated delay per round trip requested on ``target`` now (0 when none)."""
     return max((_round_trips.get(e, 0.0) for e in _sync_engines(target)), default=0.0)
 
 
-@contextmanager
-def simulate_round_trip(target: Target, ms: float = 0.5) -> Iterator[float]:
-    """Add a fixed ``ms`` delay before every statement, like a network hop would.
+@dataclass
+class RoundTrip:
+    """What :func:`simulate_round_trip` did: the delay asked for, and each delay it really added.
 
-    It is **simulated**: results measured inside are labelled so in tables and charts.
-    Async engines sleep with ``asyncio.sleep`` (other tasks keep running); sync engines
-    with ``time.sleep``.
+    ``asyncio.sleep`` cannot wait less than the event loop's timer allows (about 1 ms with
+    epoll), and ``time.sleep`` overshoots too, so the course reports the measured delay,
+    never just the requested one.
+    """
+
+    requested_ms: float
+    added_s: list[float] = field(default_factory=list)
+    events: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def charged(self) -> int:
+        """How many round trips were charged (statements, BEGINs, COMMITs, ROLLBACKs)."""
+        return len(self.added_s)
+
+    @property
+    def added_ms(self) -> float:
+        """The median delay actually added per round trip (ms); 0 before any was charged."""
+        return statistics.median(self.added_s) * 1000 if self.added_s else 0.0
+
+    def summary(self) -> str:
+        """One line: requested vs measured delay, and what was charged (volatile)."""
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.events.items()))
+        return (
+            f"requested {self.requested_ms:g} ms per round trip, measured {self.added_ms:.3f} ms "
+            f"(median of {self.charged}: {kinds or 'none yet'})"
+        )
+
+
+@contextmanager
+def simulate_round_trip(target: Target, ms: float = 1.0) -> Iterator[RoundTrip]:
+    """Add a delay of about ``ms`` before every statement and every BEGIN/COMMIT/ROLLBACK.
+
+    It is **simulated**: results measured inside are labelled so in tables and charts, and
+    the yielded :class:`RoundTrip` records the delay each charge really added. Async engines
+    wait with ``asyncio.sleep`` (never a busy loop, so other tasks keep running while one
+    waits); sync engines with ``time.sleep`` (sync code blocks its thread on a real network
+    too).
     """
     seconds = ms / 1000.0
+    trip = RoundTrip(ms)
+    clock = time.perf_counter
 
-    def sync_delay(*_args: Any) -> None:
-        # sleep most of it, then spin: time.sleep alone overshoots sub-millisecond delays
-        deadline = time.perf_counter() + seconds
-        time.sleep(max(0.0, seconds - 0.0002))
-        while time.perf_counter() < deadline:
-            pass
+    def charge(kind: str, wait: Callable[[], None]) -> Callable[..., None]:
+        def hook(*_args: Any) -> None:
+            start = clock()
+            wait()
+            trip.added_s.append(clock() - start)
+            trip.events[kind] = trip.events.get(kind, 0) + 1
 
-    def async_delay(*_args: Any) -> None:
-        # asyncio.sleep overshoots by a millisecond or more (the loop's timer granularity):
-        # await most of a long delay, then spin the last 2 ms; short delays spin entirely.
-        deadline = time.perf_counter() + seconds
-        if seconds > 0.002:
-            await_only(asyncio.sleep(seconds - 0.002))
-        while time.perf_counter() < deadline:
-            pass
+        return hook
 
-    hooks: list[tuple[Engine, Callable[..., None]]] = []
+    def sync_wait() -> None:
+        time.sleep(seconds)
+
+    def async_wait() -> None:
+        if in_greenlet():
+            await_(asyncio.sleep(seconds))
+        else:  # e.g. a rollback while a connection is garbage collected: no loop to yield to
+            time.sleep(seconds)
+
+    kinds = {"before_cursor_execute": "statement"}
+    hooks: list[tuple[Engine, str, Callable[..., None]]] = []
     if isinstance(target, Backend):
-        hooks = [(target.sync_engine, sync_delay), (target.engine.sync_engine, async_delay)]
+        pairs = [(target.sync_engine, sync_wait), (target.engine.sync_engine, async_wait)]
     elif isinstance(target, AsyncEngine):
-        hooks = [(target.sync_engine, async_delay)]
+        pairs = [(target.sync_engine, async_wait)]
     else:
-        hooks = [(target, sync_delay)]
-    for engine, hook in hooks:
-        event.listen(engine, "before_cursor_execute", hook)
+        pairs = [(target, sync_wait)]
+    for engine, wait in pairs:
+        for name in CHARGED_EVENTS:
+            hooks.append((engine, name, charge(kinds.get(name, name.upper()), wait)))
         _round_trips[engine] = _round_trips.get(engine, 0.0) + ms  # nested blocks add up
+    for engine, name, hook in hooks:
+        event.listen(engine, name, hook)
     try:
-        yield ms
+        yield trip
     finally:
-        for engine, hook in hooks:
-            event.remove(engine, "before_cursor_execute", hook)
+        for engine, name, hook in hooks:
+            event.remove(engine, name, hook)
+        for engine, _wait in pairs:
             remaining = _round_trips.get(engine, 0.0) - ms
             if remaining > 1e-9:
                 _round_trips[engine] = remaining
@@ -245,37 +297,96 @@ def simulate_round_trip(target: Target, ms: float = 0.5) -> Iterator[float]:
 
 # ----------------------------------------------------------------------------- timing
 
+#: Fewer samples than this cannot give an interquartile range.
+MIN_REPEATS = 5
+#: Calls are repeated inside one sample until it lasts at least this long (as timeit does).
+MIN_SAMPLE_S = 0.005
+#: ... but never more than this many calls in one sample.
+MAX_NUMBER = 1000
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile (inclusive method: always within the data)."""
+    if len(values) < 2:
+        only = values[0]
+        return only, only, only
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
 
 def iqr(values: Sequence[float]) -> float:
-    """The spread the course reports: interquartile range (max - min for fewer than 4 values)."""
-    if len(values) < 4:
-        return max(values) - min(values)
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    """The spread the course reports: the interquartile range, Q3 - Q1."""
+    q1, _, q3 = quartiles(values)
     return q3 - q1
+
+
+class _GcClock:
+    """Total time the garbage collector ran while it was installed (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = 0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+            self.collections += 1
+
+    def __enter__(self) -> _GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 @dataclass
 class Timing:
-    """Repeated timings of one callable (seconds), after the warm-up runs were discarded."""
+    """Repeated timings of one callable, per call (seconds), after warm-up was discarded.
+
+    Each of ``runs_s`` is one sample: ``number`` back-to-back calls, divided by ``number``.
+    ``gc_s`` is the garbage collector's time per call in each sample.
+    """
 
     label: str
     runs_s: list[float]
-    statements: int | None = None
+    statements: int | float | None = None
+    number: int = 1
+    gc_s: list[float] = field(default_factory=list)
 
     @property
     def median_s(self) -> float:
-        """Median of the runs."""
+        """Median of the samples."""
         return statistics.median(self.runs_s)
 
     @property
+    def q1_s(self) -> float:
+        """First quartile of the samples."""
+        return quartiles(self.runs_s)[0]
+
+    @property
+    def q3_s(self) -> float:
+        """Third quartile of the samples."""
+        return quartiles(self.runs_s)[2]
+
+    @property
     def spread_s(self) -> float:
-        """Interquartile range of the runs (max - min when there are fewer than 4)."""
+        """Interquartile range of the samples."""
         return iqr(self.runs_s)
+
+    @property
+    def gc_median_s(self) -> float:
+        """Median garbage-collector time per call."""
+        return statistics.median(self.gc_s) if self.gc_s else 0.0
 
     def __repr__(self) -> str:
         return (
             f"{self.label}: median {self.median_s * 1000:.3f} ms "
-            f"± {self.spread_s * 1000:.3f} ms IQR over {len(self.runs_s)} runs"
+            f"(IQR {self.spread_s * 1000:.3f} ms) over {len(self.runs_s)} samples "
+            f"of {self.number} call(s)"
         )
 
 
@@ -285,61 +396,126 @@ def label_of(fn: Callable[..., Any]) -> str:
     return doc.splitlines()[0].strip() if doc else getattr(fn, "__name__", repr(fn))
 
 
-class _Runs:
-    """The one timing loop both ``benchmark`` and ``abenchmark`` drive.
+def _next_number(number: int) -> int:
+    """The next block size of the 1, 2, 5, 10, 20, 50, ... ladder (capped at MAX_NUMBER)."""
+    digits = 10 ** (len(str(number)) - 1)
+    lead = number // digits
+    step = {1: 2, 2: 5}.get(lead, 10)
+    return min(MAX_NUMBER, step * digits)
 
-    Each item is a context manager around exactly one call; warm-up calls are not kept.
+
+class _Runs:
+    """The one timing plan both ``benchmark`` and ``abenchmark`` follow.
+
+    1. ``warmup`` calls, discarded; then, unless ``number`` is given, blocks of 1, 2, 5, 10,
+       ... calls (discarded too) until one lasts ``min_sample_s``: that many calls make a
+       sample, so each sample is long enough for ``perf_counter`` to time well;
+    2. ``repeats`` samples, each after ``gc.collect()`` (unless ``collect=False``), timed
+       with ``perf_counter``, with statements counted and garbage-collector pauses clocked.
     """
 
-    def __init__(self, label: str, warmup: int, repeats: int, target: Target | None):
-        if repeats < 1 or warmup < 0:
-            raise ValueError("repeats must be >= 1 and warmup >= 0")
+    def __init__(
+        self,
+        label: str,
+        warmup: int,
+        repeats: int,
+        target: Target | None,
+        *,
+        number: int | None,
+        min_sample_s: float,
+        collect: bool,
+    ):
+        if repeats < MIN_REPEATS:
+            raise ValueError(
+                f"repeats={repeats}: at least {MIN_REPEATS} samples are needed for an IQR"
+            )
+        if warmup < 1:
+            raise ValueError("warmup must be >= 1: the first call is never representative")
+        if number is not None and number < 1:
+            raise ValueError("number must be >= 1")
         self.label, self.warmup, self.repeats, self.target = label, warmup, repeats, target
+        self.number, self.min_sample_s, self.collect = number, min_sample_s, collect
         self.runs: list[float] = []
-        self.statements: int | None = None
+        self.gc: list[float] = []
+        self.statements: int | float | None = None
+        self.last_call_s = 0.0
 
-    def __iter__(self) -> Iterator[Any]:
-        for i in range(self.warmup + self.repeats):
-            yield self._one(keep=i >= self.warmup)
+    def calls(self) -> Iterator[tuple[int, Any]]:
+        """(calls in this block, block): warm-up blocks of one call, then the samples."""
+        for _ in range(self.warmup):
+            yield 1, self._warmup(1)
+        if self.number is None:
+            # as timeit.autorange: 1, 2, 5, 10, 20, ... calls until a block is long enough
+            # (a warm-up call that was already long enough settles it at once)
+            number = 1
+            while self.last_call_s < self.min_sample_s and number < MAX_NUMBER:
+                number = _next_number(number)
+                yield number, self._warmup(number)
+            self.number = number
+        for _ in range(self.repeats):
+            yield self.number, self._sample()
 
     @contextmanager
-    def _one(self, keep: bool) -> Iterator[None]:
-        if self.target is None:
+    def _warmup(self, number: int) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.last_call_s = time.perf_counter() - start  # of the whole block of `number` calls
+
+    @contextmanager
+    def _sample(self) -> Iterator[None]:
+        number = self.number or 1
+        if self.collect:
+            gc.collect()
+        log: StatementLog | None = None
+        with ExitStack() as stack:
+            if self.target is not None:
+                log = stack.enter_context(count_statements(self.target))
+            clock = stack.enter_context(_GcClock())
             start = time.perf_counter()
             yield
             elapsed = time.perf_counter() - start
-        else:
-            with count_statements(self.target) as log:
-                start = time.perf_counter()
-                yield
-                elapsed = time.perf_counter() - start
-            if keep:
-                self.statements = log.count  # the last measured run: the steady state
-        if keep:
-            self.runs.append(elapsed)
+        self.runs.append(elapsed / number)
+        self.gc.append(clock.seconds / number)
+        if log is not None:  # the last sample: the steady state
+            per_call = log.count / number
+            self.statements = int(per_call) if per_call.is_integer() else per_call
 
     def result(self) -> Timing:
-        return Timing(self.label, self.runs, self.statements)
+        return Timing(self.label, self.runs, self.statements, self.number or 1, self.gc)
 
 
 def benchmark(
     fn: Callable[[], Any],
     *,
     warmup: int = 1,
-    repeats: int = 5,
+    repeats: int = MIN_REPEATS,
     target: Target | None = None,
     label: str | None = None,
+    number: int | None = None,
+    min_sample_s: float = MIN_SAMPLE_S,
+    collect: bool = True,
 ) -> Timing:
-    """Time ``fn()``: ``warmup`` discarded runs, then ``repeats`` measured with perf_counter.
+    """Time ``fn()``: ``warmup`` discarded calls, then ``repeats`` samples (perf_counter).
 
-    With ``target``, the statements of the last measured run are counted too.
+    A sample is ``number`` calls in a row (calibrated from the warm-up when not given, so a
+    sample lasts at least ``min_sample_s``), after a ``gc.collect()`` unless ``collect`` is
+    false. With ``target``, the statements per call are counted too (in the last sample).
     """
     if inspect.iscoroutinefunction(fn):
         raise TypeError("fn is a coroutine function: use `await abenchmark(fn, ...)`")
-    runs = _Runs(label or label_of(fn), warmup, repeats, target)
-    for run in runs:
-        with run:
-            fn()
+    runs = _Runs(
+        label or label_of(fn),
+        warmup,
+        repeats,
+        target,
+        number=number,
+        min_sample_s=min_sample_s,
+        collect=collect,
+    )
+    for calls, block in runs.calls():
+        with block:
+            for _ in range(calls):
+                fn()
     return runs.result()
 
 
@@ -347,17 +523,29 @@ async def abenchmark(
     fn: Callable[[], Any],
     *,
     warmup: int = 1,
-    repeats: int = 5,
+    repeats: int = MIN_REPEATS,
     target: Target | None = None,
     label: str | None = None,
+    number: int | None = None,
+    min_sample_s: float = MIN_SAMPLE_S,
+    collect: bool = True,
 ) -> Timing:
     """Like :func:`benchmark`, awaiting ``fn()`` when it returns an awaitable."""
-    runs = _Runs(label or label_of(fn), warmup, repeats, target)
-    for run in runs:
-        with run:
-            result = fn()
-            if inspect.isawaitable(result):
-                await result
+    runs = _Runs(
+        label or label_of(fn),
+        warmup,
+        repeats,
+        target,
+        number=number,
+        min_sample_s=min_sample_s,
+        collect=collect,
+    )
+    for calls, block in runs.calls():
+        with block:
+            for _ in range(calls):
+                result = fn()
+                if inspect.isawaitable(result):
+                    await result
     return runs.result()
 
 
@@ -379,13 +567,41 @@ def _scale_of(db: Backend) -> str:
     return db.database.removeprefix("course_") if db.database.startswith("course_") else ""
 
 
+#: Columns of every comparison frame, in order (``peak_kib`` only with ``memory=True``).
+COLUMNS = [
+    "strategy",
+    "backend",
+    "n",
+    "median_ms",
+    "q1_ms",
+    "q3_ms",
+    "iqr_ms",
+    "statements",
+    "calls_per_sample",
+    "gc_ms",
+    "simulated_ms",
+    "ratio",
+]
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    """``value`` rounded to ``digits`` significant figures: no fake precision in tables."""
+    if not value or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
 def _frame(rows: list[dict[str, Any]], title: str | None) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    fastest = frame.groupby(["backend", "n"])["median"].transform("min")
-    frame["ratio"] = frame["median"] / fastest
+    fastest = frame.groupby(["backend", "n"])["median_ms"].transform("min")
+    frame["ratio"] = (frame["median_ms"] / fastest).round(2)
+    for column in ("median_ms", "q1_ms", "q3_ms", "iqr_ms", "gc_ms", "peak_kib"):
+        if column in frame:
+            frame[column] = frame[column].map(_significant)
     scales = sorted(set(frame.pop("scale")) - {""})
+    frame = frame[[c for c in COLUMNS if c in frame] + [c for c in frame if c not in COLUMNS]]
     frame.attrs.update(unit="ms", title=title, scales=scales)
     return frame
 
@@ -397,9 +613,13 @@ def _row(
         "strategy": label_of(fn),
         "backend": _backend_label(db),
         "n": n,
-        "median": timing.median_s * 1000,
-        "spread": timing.spread_s * 1000,
+        "median_ms": timing.median_s * 1000,
+        "q1_ms": timing.q1_s * 1000,
+        "q3_ms": timing.q3_s * 1000,
+        "iqr_ms": timing.spread_s * 1000,
         "statements": timing.statements,
+        "calls_per_sample": timing.number,
+        "gc_ms": timing.gc_median_s * 1000,
         "simulated_ms": round_trip_ms(db),
         "scale": _scale_of(db),
     }
@@ -421,26 +641,39 @@ def _grid(
                 yield fn, db, n, (lambda fn=fn, db=db, n=n: fn(db, n))
 
 
+def _progress(total: int, title: str | None, progress: bool) -> Any:
+    """A tqdm bar over the grid (off when ``progress`` is false); it closes itself when done."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=title or "measuring", disable=not progress, leave=False)
+
+
 def scaling(
     strategies: Iterable[Callable[[Backend, int], Any]],
     backends: Backend | Sequence[Backend],
     ns: Iterable[int],
     *,
-    warmup: int = 1,
-    repeats: int = 5,
     title: str | None = None,
     memory: bool = False,
+    progress: bool = False,
+    **timing: Any,
 ) -> pd.DataFrame:
     """Time each sync strategy ``fn(backend, n)`` on each backend for each n.
 
-    Returns one row per (strategy, backend, n) with columns strategy, backend, n, median
-    and spread (ms), statements, simulated_ms and ratio (to the fastest at that backend and n).
-    ``memory=True`` adds ``peak_kib``: tracemalloc's peak in one extra, untimed run.
+    Returns one row per (strategy, backend, n): strategy, backend, n, ``median_ms``,
+    ``q1_ms``, ``q3_ms``, ``iqr_ms`` (per call), ``statements`` (per call),
+    ``calls_per_sample``, ``gc_ms`` (collector time per call), ``simulated_ms`` and ``ratio``
+    (to the fastest at that backend and n). ``memory=True`` adds ``peak_kib``: tracemalloc's
+    peak in one extra, untimed run. ``timing`` goes to :func:`benchmark` (``repeats``,
+    ``warmup``, ``number``, ``min_sample_s``, ``collect``).
     """
     rows = []
-    for fn, db, n, call in _grid(strategies, backends, ns):
-        timing = benchmark(call, warmup=warmup, repeats=repeats, target=db, label=label_of(fn))
-        rows.append(_row(fn, db, n, timing, peak_memory(call) if memory else None))
+    grid = list(_grid(strategies, backends, ns))
+    with _progress(len(grid), title, progress) as bar:
+        for fn, db, n, call in grid:
+            result = benchmark(call, target=db, label=label_of(fn), **timing)
+            rows.append(_row(fn, db, n, result, peak_memory(call) if memory else None))
+            bar.update()
     return _frame(rows, title)
 
 
@@ -449,17 +682,19 @@ async def ascaling(
     backends: Backend | Sequence[Backend],
     ns: Iterable[int],
     *,
-    warmup: int = 1,
-    repeats: int = 5,
     title: str | None = None,
     memory: bool = False,
+    progress: bool = False,
+    **timing: Any,
 ) -> pd.DataFrame:
     """Like :func:`scaling` for strategies that may be ``async def``."""
     rows = []
-    for fn, db, n, call in _grid(strategies, backends, ns):
-        kwargs = {"warmup": warmup, "repeats": repeats, "target": db, "label": label_of(fn)}
-        timing = await abenchmark(call, **kwargs)
-        rows.append(_row(fn, db, n, timing, await apeak_memory(call) if memory else None))
+    grid = list(_grid(strategies, backends, ns))
+    with _progress(len(grid), title, progress) as bar:
+        for fn, db, n, call in grid:
+            result = await abenchmark(call, target=db, label=label_of(fn), **timing)
+            rows.append(_row(fn, db, n, result, await apeak_memory(call) if memory else None))
+            bar.update()
     return _frame(rows, title)
 
 
@@ -488,9 +723,32 @@ def speedup(
 ) -> pd.Series:
     """Median of ``slow`` divided by median of ``fast``, per backend (and n): "×N faster"."""
     pick = {name: label_of(f) if callable(f) else f for name, f in (("slow", slow), ("fast", fast))}
-    medians = frame.set_index(["strategy", "backend", "n"])["median"]
+    medians = frame.set_index(["strategy", "backend", "n"])["median_ms"]
     result = medians.xs(pick["slow"], level="strategy") / medians.xs(pick["fast"], level="strategy")
     return result.rename(f"{pick['slow']} / {pick['fast']}")
+
+
+def table(
+    frame: pd.DataFrame,
+    values: str | Sequence[str] = "median_ms",
+    *,
+    by: str = "backend",
+) -> pd.DataFrame:
+    """A readable view of a comparison frame: strategies as rows, one column per ``by`` value.
+
+    >>> frame = pd.DataFrame({"strategy": ["a", "a"], "backend": ["sqlite", "postgresql"],
+    ...                       "n": [1, 1], "median_ms": [1.23456, 2.5]})
+    >>> table(frame).to_dict()
+    {'postgresql': {'a': 2.5}, 'sqlite': {'a': 1.235}}
+    """
+    wanted = [values] if isinstance(values, str) else list(values)
+    index = ["strategy"] + (["n"] if "n" in frame and frame["n"].nunique() > 1 else [])
+    pivot = frame.pivot_table(index=index, columns=by, values=wanted, sort=False)
+    pivot = pivot.map(_significant)
+    if len(wanted) == 1:
+        pivot.columns = pivot.columns.droplevel(0)
+    pivot.columns.name = None
+    return pivot
 
 
 def added_latency(local: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
@@ -502,12 +760,19 @@ def added_latency(local: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
     keys = ["strategy", "backend", "n"]
     local = local.assign(backend=base_backend(local["backend"]))
     simulated = simulated.assign(backend=base_backend(simulated["backend"]))
-    joined = local.merge(simulated, on=keys, suffixes=(" local", " simulated"))
-    joined["added"] = joined["median simulated"] - joined["median local"]
-    joined["statements"] = joined["statements simulated"]
-    joined["added per statement"] = joined["added"] / joined["statements"]
+    joined = local.merge(simulated, on=keys, suffixes=("_local", "_simulated"))
+    joined["added_ms"] = joined["median_ms_simulated"] - joined["median_ms_local"]
+    joined["statements"] = joined["statements_simulated"]
+    joined["added_per_statement_ms"] = joined["added_ms"] / joined["statements"]
     return joined[
-        [*keys, "statements", "median local", "median simulated", "added", "added per statement"]
+        [
+            *keys,
+            "statements",
+            "median_ms_local",
+            "median_ms_simulated",
+            "added_ms",
+            "added_per_statement_ms",
+        ]
     ]
 
 

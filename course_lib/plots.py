@@ -2,7 +2,7 @@
 
 >>> import pandas as pd
 >>> frame = pd.DataFrame({"strategy": ["a", "b"], "backend": ["sqlite"] * 2, "n": [10, 10],
-...                       "median": [2.0, 1.0], "spread": [0.1, 0.1]})
+...                       "median_ms": [2.0, 1.0], "q1_ms": [1.9, 0.9], "q3_ms": [2.2, 1.1]})
 >>> fig = bar_chart(frame, "demo")
 >>> fig.axes[0].get_title()
 'demo · sqlite'
@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -33,14 +34,52 @@ STYLE: dict[str, Any] = {
 }
 _LINESTYLES = ["-", "--", ":", "-."]
 AXIS_LABELS = {
-    "median": "median time per run (ms, bars show the IQR)",
+    "median_ms": "median time per call (ms; error bars: first to third quartile)",
     "peak_kib": "peak memory allocated (KiB, tracemalloc)",
 }
 
 
 def _errors(part: pd.DataFrame, y: str) -> Any:
-    """Half the IQR either side of a median; no error bars for other measures."""
-    return part["spread"] / 2 if y == "median" and "spread" in part else None
+    """Asymmetric error bars from Q1 to Q3 around the median: never below zero.
+
+    Only for ``median_ms`` (the quartiles are of the same samples); none for other measures.
+    """
+    if y != "median_ms" or "q1_ms" not in part or "q3_ms" not in part:
+        return None
+    lower = (part[y] - part["q1_ms"]).clip(lower=0)
+    upper = (part["q3_ms"] - part[y]).clip(lower=0)
+    return [lower.to_numpy(), upper.to_numpy()]
+
+
+def _legend_outside(ax: Any) -> None:
+    """The legend beside the axes, never over the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
+def fitted_slopes(frame: pd.DataFrame, y: str = "median_ms") -> pd.DataFrame:
+    """The slope of log(y) against log(n) per strategy and backend (1.0: linear growth).
+
+    >>> frame = pd.DataFrame({"strategy": ["a"] * 3, "backend": ["x"] * 3,
+    ...                       "n": [10, 100, 1000], "median_ms": [1.0, 10.0, 100.0]})
+    >>> fitted_slopes(frame).to_dict("records")
+    [{'strategy': 'a', 'backend': 'x', 'slope': 1.0, 'decades': 2.0}]
+    """
+    rows = []
+    for (strategy, backend), part in frame.groupby(["strategy", "backend"], sort=False):
+        part = part[(part["n"] > 0) & (part[y] > 0)]
+        if part["n"].nunique() < 2:
+            continue
+        xs, ys = np.log10(part["n"].to_numpy(float)), np.log10(part[y].to_numpy(float))
+        slope = float(np.polyfit(xs, ys, 1)[0])
+        rows.append(
+            {
+                "strategy": strategy,
+                "backend": backend,
+                "slope": round(slope, 2),
+                "decades": round(float(xs.max() - xs.min()), 2),
+            }
+        )
+    return pd.DataFrame(rows, columns=["strategy", "backend", "slope", "decades"])
 
 
 @contextmanager
@@ -63,8 +102,8 @@ def _title(frame: pd.DataFrame, title: str | None) -> str:
     return " · ".join(parts)
 
 
-def bar_chart(frame: pd.DataFrame, title: str | None = None, y: str = "median") -> Figure:
-    """Median time per strategy (bars grouped by backend) with the IQR as error bars.
+def bar_chart(frame: pd.DataFrame, title: str | None = None, y: str = "median_ms") -> Figure:
+    """Median time per strategy (bars grouped by backend), error bars from Q1 to Q3.
 
     ``y="peak_kib"`` draws peak memory instead (from ``compare(..., memory=True)``).
     """
@@ -86,14 +125,19 @@ def bar_chart(frame: pd.DataFrame, title: str | None = None, y: str = "median") 
         ax.set_xlabel(AXIS_LABELS.get(y, y))
         ax.set_title(_title(frame, title))
         if len(backends) > 1:
-            ax.legend()
+            _legend_outside(ax)
         fig.tight_layout()
     plt.close(fig)
     return fig
 
 
-def scaling_chart(frame: pd.DataFrame, title: str | None = None, y: str = "median") -> Figure:
-    """Median time against n, log-log: a colour per strategy, a line style per backend."""
+def scaling_chart(frame: pd.DataFrame, title: str | None = None, y: str = "median_ms") -> Figure:
+    """Median time against n, log-log: a colour per strategy, a line style per backend.
+
+    Each legend entry carries the fitted log-log slope (see :func:`fitted_slopes`), so
+    "grows linearly" (slope ≈ 1) or "stays flat" (≈ 0) can be read off, not guessed.
+    """
+    slopes = {(r.strategy, r.backend): r.slope for r in fitted_slopes(frame, y).itertuples()}
     with _style():
         fig, ax = plt.subplots()
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -106,6 +150,8 @@ def scaling_chart(frame: pd.DataFrame, title: str | None = None, y: str = "media
                     continue
                 part = part.sort_values("n")
                 label = strategy if len(backends) == 1 else f"{strategy} ({backend})"
+                if (strategy, backend) in slopes:
+                    label += f", slope {slopes[strategy, backend]:.2f}"
                 ax.errorbar(
                     part["n"],
                     part[y],
@@ -121,7 +167,7 @@ def scaling_chart(frame: pd.DataFrame, title: str | None = None, y: str = "media
         ax.set_xlabel("n")
         ax.set_ylabel(AXIS_LABELS.get(y, y))
         ax.set_title(_title(frame, title))
-        ax.legend(fontsize=8)
+        _legend_outside(ax)
         fig.tight_layout()
     plt.close(fig)
     return fig

@@ -1,4 +1,4 @@
-"""Tests for course_lib.columns: time to first row, ratios, objects built, server-side cursors,
+"""Tests for course_lib.lessons.columns: time to first row, ratios, objects built, server-side cursors,
 and notebook 02's exercise check (it rejects full entities and accepts a column select)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, load_only
 
 from course_lib.backends import Backend
-from course_lib.columns import (
+from course_lib.lessons.columns import (
     FIRST_ROW,
     atime_to_first_row,
     cursor_table,

@@ -1,4 +1,4 @@
-"""Tests for course_lib.bulk (notebook 03): rows, resets, raw drivers, reports, the exercise."""
+"""Tests for course_lib.lessons.bulk (notebook 03): rows, resets, raw drivers, reports, the exercise."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from sqlalchemy.exc import InterfaceError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from course_lib import backends, bulk
+from course_lib import backends
+from course_lib.lessons import bulk
 from course_lib.backends import Backend
 from course_lib.course import short_errors
 from course_lib.data import reset_schema

@@ -26,8 +26,8 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session, with_parent
 
-from .backends import Backend
-from .models import Car, Dealership
+from ..backends import Backend
+from ..models import Car, Dealership
 
 __all__ = ["RECENT_YEAR", "error_name", "error_names", "reference_dealership_report"]
 

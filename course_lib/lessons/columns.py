@@ -34,10 +34,10 @@ import pandas as pd
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from .backends import Backend
-from .exercises import objects_built
-from .measure import apeak_memory, count_statements, iqr, label_of, peak_memory
-from .models import Post
+from ..backends import Backend
+from ..exercises import objects_built
+from ..measure import apeak_memory, count_statements, iqr, label_of, peak_memory
+from ..models import Post
 
 __all__ = [
     "FIRST_ROW",

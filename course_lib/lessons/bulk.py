@@ -34,10 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from .backends import Backend
-from .measure import StatementLog, label_of
-from .models import Car, Dealership
-from .plots import bar_chart
+from ..backends import Backend
+from ..measure import StatementLog, label_of
+from ..models import Car, Dealership
+from ..plots import bar_chart
 
 __all__ = [
     "CAR_COLUMNS",

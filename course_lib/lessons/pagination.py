@@ -55,12 +55,12 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from .backends import Backend
-from .course import Course
-from .data import generate
-from .explain import Plan
-from .models import Car, Dealership
-from .settings import Scale
+from ..backends import Backend
+from ..course import Course
+from ..data import generate
+from ..explain import Plan
+from ..models import Car, Dealership
+from ..settings import Scale
 
 __all__ = [
     "PRICE_INDEX",

@@ -1,4 +1,4 @@
-"""Tests for course_lib.loading: error names, and notebook 01's dealership exercise check."""
+"""Tests for course_lib.lessons.loading: error names, and notebook 01's dealership exercise check."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from course_lib.backends import Backend
 from course_lib.exercises import check
-from course_lib.loading import (
+from course_lib.lessons.loading import (
     RECENT_YEAR,
     error_name,
     error_names,

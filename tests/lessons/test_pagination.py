@@ -1,4 +1,4 @@
-"""Tests for course_lib.pagination: keyset pages, the walker, the exercise check, on every backend.
+"""Tests for course_lib.lessons.pagination: keyset pages, the walker, the exercise check, on every backend.
 
 Every test works on a scratch copy of the tiny cars (60 cars, ids 1..60) plus one imported
 car with id 0, in a database beside the fixture's: 61 cars, ids 0..60.
@@ -16,7 +16,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from course_lib import backends
-from course_lib import pagination as paging
+from course_lib.lessons import pagination as paging
 from course_lib.backends import Backend
 from course_lib.data import reset_schema
 from course_lib.exercises import CheckResult, acheck, check
