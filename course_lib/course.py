@@ -73,13 +73,21 @@ class Course:
             ]
         )
 
-    def scratch(self, name: str) -> Course:
-        """Empty course tables in databases ``scratch_<name>``, on the same backends.
+    def scratch(self, name: str, *, filled: bool = False) -> Course:
+        """Course tables in scratch databases named after ``name``, on the same backends.
 
-        Notebooks that write (bulk inserts, upserts, deletes) work there, so the shared
-        dataset stays exactly as built. Each call starts from empty tables.
+        Notebooks that write (bulk inserts, upserts, deletes, new indexes) work there, so the
+        shared dataset stays exactly as built. Each call starts afresh: empty tables, or with
+        ``filled=True`` a copy of this scale's dataset (for changing the schema of real data).
         """
-        dbs = [reset_schema(db.sibling(f"scratch_{name}")) for db in self.backends]
+        dbs = []
+        for db in self.backends:
+            copy = db.sibling(f"scratch_{name}")
+            if filled:
+                build(copy, self.scale, force=True, progress=False)
+            else:
+                reset_schema(copy)
+            dbs.append(copy)
         return Course(self.scale, dbs)
 
     def row_counts(self) -> pd.DataFrame:

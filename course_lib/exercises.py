@@ -32,7 +32,9 @@ from .models import Base
 class CheckResult:
     """The verdict on one attempt; its repr is the one line a learner reads."""
 
-    status: str  # "passed", "not attempted", "wrong result", "over budget", "loaded entities"
+    # "passed", "not attempted", "wrong result", "over budget", "loaded entities",
+    # "too many objects", "one huge statement"
+    status: str
     message: str
     statements: int | None = None
     budget: int | None = None
@@ -77,9 +79,12 @@ class _Attempt:
         budget: int,
         forbid: tuple[type, ...],
         normalize: Callable[[Any], Any] | None,
+        max_objects: int | None = None,
+        max_parameters: int | None = None,
     ):
         self.expected, self.budget, self.forbid = expected, budget, forbid
         self.normalize = normalize or (lambda value: value)
+        self.max_objects, self.max_parameters = max_objects, max_parameters
 
     def not_attempted(self) -> CheckResult:
         return CheckResult(
@@ -117,6 +122,23 @@ class _Attempt:
                 f"but it loaded full ORM objects ({names}): select columns.",
                 **common,
             )
+        built = sum(loaded.values())
+        if self.max_objects is not None and built > self.max_objects:
+            return CheckResult(
+                "too many objects",
+                f"✗ Right result and {count} statement(s), but it built {built} ORM objects "
+                f"(at most {self.max_objects}): filter and limit in SQL, not in Python.",
+                **common,
+            )
+        widest = max((s.parameters for s in log.statements if s.style == "execute"), default=0)
+        if self.max_parameters is not None and widest > self.max_parameters:
+            return CheckResult(
+                "one huge statement",
+                f"✗ Right result, but one statement carried {widest} bind values (at most "
+                f"{self.max_parameters}): that is a multi-VALUES statement built from the rows. "
+                "Pass the rows as execute parameters (executemany) instead.",
+                **common,
+            )
         return CheckResult(
             "passed",
             f"✓ Passed: right result in {count} statement(s) (budget {self.budget}).",
@@ -152,17 +174,29 @@ def check(
     reference: Callable[[Any], Any] | None = None,
     forbid_entities: tuple[type, ...] = (),
     normalize: Callable[[Any], Any] | None = None,
+    max_objects: int | None = None,
+    max_parameters: int | None = None,
 ) -> CheckResult:
     """Run ``solution(session)`` on a fresh sync Session and judge it.
 
     ``expected`` is the reference result, or ``reference(session)`` computes it (a sync
     function, run on its own session and not counted); ``budget`` the most statements allowed;
     ``forbid_entities`` ORM classes that must not be loaded; ``normalize`` maps results
-    before comparing (e.g. ``sorted``).
+    before comparing (e.g. ``sorted``); ``max_objects`` the most ORM objects it may build
+    (rejects "load everything, filter in Python"); ``max_parameters`` the most bind values one
+    plainly executed statement may carry (rejects ``insert(...).values(rows)``; executemany
+    and insertmanyvalues batches are exempt, as the driver or SQLAlchemy pages them).
     """
     if inspect.iscoroutinefunction(solution):
         raise TypeError("solution is async: use `await acheck(...)`")
-    attempt = _Attempt(_expected(backend, expected, reference), budget, forbid_entities, normalize)
+    attempt = _Attempt(
+        _expected(backend, expected, reference),
+        budget,
+        forbid_entities,
+        normalize,
+        max_objects,
+        max_parameters,
+    )
     with (
         backend.Session() as session,
         count_statements(backend) as log,
@@ -184,9 +218,18 @@ async def acheck(
     reference: Callable[[Any], Any] | None = None,
     forbid_entities: tuple[type, ...] = (),
     normalize: Callable[[Any], Any] | None = None,
+    max_objects: int | None = None,
+    max_parameters: int | None = None,
 ) -> CheckResult:
     """Like :func:`check`, giving ``solution`` a fresh AsyncSession and awaiting it."""
-    attempt = _Attempt(_expected(backend, expected, reference), budget, forbid_entities, normalize)
+    attempt = _Attempt(
+        _expected(backend, expected, reference),
+        budget,
+        forbid_entities,
+        normalize,
+        max_objects,
+        max_parameters,
+    )
     async with backend.AsyncSession() as session:
         with count_statements(backend) as log, objects_built() as loaded:
             try:

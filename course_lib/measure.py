@@ -90,6 +90,10 @@ class Statement(NamedTuple):
     parameter_sets: int
     executemany: bool
     seconds: float
+    #: how the statement was executed: "execute", "executemany" or "insertmanyvalues"
+    style: str = "execute"
+    #: bind values in its largest parameter set (a multi-VALUES insert carries them all in one)
+    parameters: int = 0
 
     @property
     def verb(self) -> str:
@@ -146,6 +150,12 @@ class StatementLog:
         return "\n".join(lines)
 
 
+def _width(params: Any, many: bool) -> int:
+    """Bind values in the largest parameter set of one cursor execution."""
+    sets = params if many else [params]
+    return max((len(p) for p in sets if isinstance(p, list | tuple | Mapping)), default=0)
+
+
 def _one_line(sql: str) -> str:
     return " ".join(sql.split())
 
@@ -176,7 +186,10 @@ def count_statements(target: Target) -> Iterator[StatementLog]:
             and bool(params)
             and isinstance(params[0], tuple | list | Mapping)
         )
-        record(Statement(sql, len(params) if many else 1, many, elapsed))
+        style = getattr(getattr(context, "execute_style", None), "name", "EXECUTE").lower()
+        record(
+            Statement(sql, len(params) if many else 1, many, elapsed, style, _width(params, many))
+        )
 
     engines = _sync_engines(target)
     for engine in engines:
