@@ -567,7 +567,7 @@ async def abenchmark(
 
 def _backend_label(db: Backend) -> str:
     rtt = round_trip_ms(db)
-    return f"{db.name} + simulated {rtt:g} ms/statement" if rtt else db.name
+    return f"{db.name} + simulated {rtt:g} ms/round trip" if rtt else db.name
 
 
 def base_backend(labels: pd.Series) -> pd.Series:

@@ -13,9 +13,13 @@ from sqlalchemy.orm import selectinload
 
 from course_lib.backends import Backend
 from course_lib.measure import (
+    CHARGED_EVENTS,
+    MAX_NUMBER,
+    RoundTrip,
     Statement,
     StatementLog,
     Timing,
+    _next_number,
     abenchmark,
     acompare,
     added_latency,
@@ -24,16 +28,32 @@ from course_lib.measure import (
     benchmark,
     compare,
     count_statements,
+    iqr,
     label_of,
     peak_memory,
+    quartiles,
     round_trip_ms,
     scaling,
     simulate_round_trip,
     speedup,
+    table,
 )
 from course_lib.models import Tag, User
 
-COLUMNS = ["strategy", "backend", "n", "median", "spread", "statements", "simulated_ms", "ratio"]
+COLUMNS = [
+    "strategy",
+    "backend",
+    "n",
+    "median_ms",
+    "q1_ms",
+    "q3_ms",
+    "iqr_ms",
+    "statements",
+    "calls_per_sample",
+    "gc_ms",
+    "simulated_ms",
+    "ratio",
+]
 
 
 def _run(db: Backend, make: Callable[[], Awaitable[Any]]) -> Any:
@@ -232,49 +252,106 @@ def test_log_totals_and_verbs() -> None:
 
 
 def test_benchmark_runs_and_warmup() -> None:
-    """repeats=5 keeps 5 runs; warm-up calls happen but are not kept."""
+    """number=1: warm-up calls happen but are not kept; repeats samples of one call each."""
     calls = []
 
     def fn() -> None:
         """Append once."""
         calls.append(1)
 
-    timing = benchmark(fn, warmup=2, repeats=5)
+    timing = benchmark(fn, warmup=2, repeats=5, number=1)
     assert len(calls) == 2 + 5
     assert len(timing.runs_s) == 5
+    assert timing.number == 1
     assert min(timing.runs_s) <= timing.median_s <= max(timing.runs_s)
-    assert timing.spread_s >= 0
+    assert timing.q1_s <= timing.median_s <= timing.q3_s
+    assert timing.spread_s == pytest.approx(timing.q3_s - timing.q1_s)
     assert all(run >= 0 for run in timing.runs_s)
     assert timing.label == "Append once."
     assert timing.statements is None
 
 
-def test_benchmark_without_warmup() -> None:
-    """warmup=0 calls fn exactly repeats times."""
+def test_benchmark_calibrates_calls_per_sample() -> None:
+    """A 2 ms call is repeated (1, 2, 5, ... ladder) until a block lasts min_sample_s."""
     calls = []
-    timing = benchmark(lambda: calls.append(1), warmup=0, repeats=3, label="x")
-    assert len(calls) == 3
-    assert len(timing.runs_s) == 3
-    assert timing.label == "x"
+
+    def fn() -> None:
+        calls.append(1)
+        time.sleep(0.002)
+
+    timing = benchmark(fn, repeats=5, min_sample_s=0.010)
+    # sleep never returns early: 5 calls always reach 10 ms; a loaded machine may stop at 2
+    assert timing.number in (2, 5)
+    calibration = sum(n for n in (2, 5) if n <= timing.number)
+    assert len(calls) == 1 + calibration + 5 * timing.number
+    assert all(run >= 0.002 for run in timing.runs_s)  # per call, not per sample
 
 
-@pytest.mark.parametrize(("warmup", "repeats"), [(0, 0), (-1, 3)])
-def test_benchmark_rejects_bad_counts(warmup: int, repeats: int) -> None:
-    """At least one measured run, and no negative warm-up."""
-    with pytest.raises(ValueError, match="repeats must be >= 1"):
+def test_benchmark_long_warmup_needs_no_calibration() -> None:
+    """A warm-up call already longer than min_sample_s settles number=1 with no extra calls."""
+    calls = []
+    timing = benchmark(lambda: calls.append(time.sleep(0.006)), repeats=5, min_sample_s=0.005)
+    assert timing.number == 1
+    assert len(calls) == 1 + 5
+
+
+def test_next_number_ladder() -> None:
+    """1, 2, 5, 10, 20, 50, ... capped at MAX_NUMBER."""
+    ladder = [1]
+    while ladder[-1] < MAX_NUMBER:
+        ladder.append(_next_number(ladder[-1]))
+    assert ladder == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+
+
+@pytest.mark.parametrize(
+    ("warmup", "repeats", "message"),
+    [(1, 4, "at least 5 samples"), (0, 5, "warmup must be >= 1"), (1, 0, "at least 5")],
+)
+def test_benchmark_rejects_bad_counts(warmup: int, repeats: int, message: str) -> None:
+    """Fewer than 5 samples give no IQR; the first call is never kept."""
+    with pytest.raises(ValueError, match=message):
         benchmark(lambda: None, warmup=warmup, repeats=repeats)
 
 
-def test_benchmark_counts_statements_of_the_last_run(sqlite_db: Backend) -> None:
-    """With target=, the statements of a measured run are reported."""
+def test_benchmark_collects_garbage_before_each_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gc.collect() runs once per sample by default, never with collect=False."""
+    import gc
+
+    collected = []
+    real = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1) or real(*a))
+    benchmark(lambda: None, repeats=6, number=1)
+    assert len(collected) == 6
+    collected.clear()
+    benchmark(lambda: None, repeats=6, number=1, collect=False)
+    assert collected == []
+
+
+def test_benchmark_clocks_gc_pauses() -> None:
+    """A sample that triggers collections reports gc time; one that does not reports zero."""
+    import gc
+
+    def churn() -> None:
+        for _ in range(3):
+            gc.collect()
+
+    timing = benchmark(churn, repeats=5, number=1)
+    assert len(timing.gc_s) == 5
+    assert all(g > 0 for g in timing.gc_s)
+    assert timing.gc_median_s > 0
+
+
+def test_benchmark_counts_statements_per_call(sqlite_db: Backend) -> None:
+    """With target=, the statements of one call are reported, whatever the calls per sample."""
 
     def two_queries() -> None:
         with sqlite_db.Session() as session:
             session.execute(select(User.id))
             session.execute(select(Tag.id))
 
-    timing = benchmark(two_queries, warmup=1, repeats=3, target=sqlite_db)
+    timing = benchmark(two_queries, repeats=5, target=sqlite_db, number=3)
     assert timing.statements == 2
+    assert timing.number == 3
     assert timing.label == "two_queries"
 
 
@@ -297,30 +374,33 @@ def test_abenchmark_awaits_async_fn() -> None:
         await asyncio.sleep(0)
         calls.append(1)
 
-    timing = asyncio.run(abenchmark(fn, warmup=1, repeats=4))
-    assert len(calls) == 5
-    assert len(timing.runs_s) == 4
+    timing = asyncio.run(abenchmark(fn, repeats=5, number=1))
+    assert len(calls) == 6
+    assert len(timing.runs_s) == 5
     assert min(timing.runs_s) <= timing.median_s <= max(timing.runs_s)
     assert timing.spread_s >= 0
     assert timing.label == "Await then count."
 
 
-def test_abenchmark_accepts_sync_fn() -> None:
-    """abenchmark also times a plain function."""
+def test_abenchmark_accepts_sync_fn_and_calibrates() -> None:
+    """abenchmark also times a plain function, with the same calibration."""
     calls = []
-    timing = asyncio.run(abenchmark(lambda: calls.append(1), warmup=0, repeats=2))
-    assert (len(calls), len(timing.runs_s)) == (2, 2)
+    timing = asyncio.run(abenchmark(lambda: calls.append(1), repeats=5))
+    assert timing.number > 1  # appending to a list takes far less than 5 ms
+    assert len(timing.runs_s) == 5
 
 
 def test_timing_statistics_and_repr() -> None:
-    """Median, spread (max-min under 4 runs, IQR from 4) and the repr."""
-    three = Timing("x", [0.003, 0.001, 0.002])
-    assert three.median_s == 0.002
-    assert three.spread_s == pytest.approx(0.002)
-    assert repr(three) == "x: median 2.000 ms ± 2.000 ms IQR over 3 runs"
+    """Median and IQR (inclusive quartiles: always inside the data) and the repr."""
     five = Timing("y", [1.0, 2.0, 3.0, 4.0, 100.0])
     assert five.median_s == 3.0
+    assert (five.q1_s, five.q3_s) == (2.0, 4.0)
     assert five.spread_s == pytest.approx(2.0)
+    assert repr(Timing("x", [0.001, 0.002, 0.003, 0.004, 0.005], number=10)) == (
+        "x: median 3.000 ms (IQR 2.000 ms) over 5 samples of 10 call(s)"
+    )
+    assert quartiles([7.0]) == (7.0, 7.0, 7.0)
+    assert iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == 2.0
 
 
 def test_label_of() -> None:
@@ -368,7 +448,7 @@ async def n_async_queries(db: Backend, n: int) -> None:
 
 def test_compare_ranks(sqlite_db: Backend) -> None:
     """The fastest strategy has ratio 1.0; one 30x slower by construction has ratio > 5."""
-    frame = compare([slow, quick], sqlite_db, n=10, warmup=0, repeats=3)
+    frame = compare([slow, quick], sqlite_db, n=10, repeats=5)
     assert list(frame.columns) == COLUMNS
     assert frame["strategy"].tolist() == ["Slow: sleep 30 ms.", "Quick: sleep 1 ms."]
     ratios = dict(zip(frame["strategy"], frame["ratio"], strict=True))
@@ -378,7 +458,7 @@ def test_compare_ranks(sqlite_db: Backend) -> None:
     assert frame["n"].tolist() == [10, 10]
     assert frame["statements"].tolist() == [0, 0]
     assert frame["simulated_ms"].tolist() == [0.0, 0.0]
-    assert (frame["spread"] >= 0).all()
+    assert (frame["iqr_ms"] >= 0).all()
     assert frame.attrs == {"unit": "ms", "title": None, "scales": ["tiny"]}
     fold = speedup(frame, slow, quick)
     assert fold.name == "Slow: sleep 30 ms. / Quick: sleep 1 ms."
@@ -387,7 +467,7 @@ def test_compare_ranks(sqlite_db: Backend) -> None:
 
 def test_compare_counts_statements_per_strategy(any_db: Backend) -> None:
     """The statements column is what one measured run sent."""
-    frame = compare([n_queries], any_db, n=3, warmup=0, repeats=2, title="demo")
+    frame = compare([n_queries], any_db, n=3, repeats=5, title="demo")
     assert frame["statements"].tolist() == [3]
     assert frame["ratio"].tolist() == [1.0]
     assert frame.attrs["title"] == "demo"
@@ -396,7 +476,7 @@ def test_compare_counts_statements_per_strategy(any_db: Backend) -> None:
 def test_scaling_has_a_row_per_strategy_and_n(sqlite_db: Backend) -> None:
     """len(strategies) * len(ns) rows, statements growing with n."""
     ns = [1, 2, 4]
-    frame = scaling([n_queries, quick], sqlite_db, ns, warmup=0, repeats=1)
+    frame = scaling([n_queries, quick], sqlite_db, ns, repeats=5)
     assert len(frame) == 2 * len(ns)
     assert list(frame.columns) == COLUMNS
     by_strategy = frame.groupby("strategy")["statements"].apply(list).to_dict()
@@ -407,7 +487,7 @@ def test_scaling_has_a_row_per_strategy_and_n(sqlite_db: Backend) -> None:
 
 def test_scaling_over_two_backends(sqlite_db: Backend, pg_service: Backend) -> None:
     """Rows for every strategy, backend and n; ratios are computed per backend and n."""
-    frame = scaling([n_queries], [sqlite_db, pg_service], [1, 2], warmup=0, repeats=1)
+    frame = scaling([n_queries], [sqlite_db, pg_service], [1, 2], repeats=5)
     assert len(frame) == 1 * 2 * 2
     assert frame["backend"].tolist() == ["sqlite", "sqlite", "postgresql", "postgresql"]
     assert frame["ratio"].tolist() == [1.0, 1.0, 1.0, 1.0]
@@ -417,8 +497,8 @@ def test_ascaling_and_acompare_with_async_strategies(any_db: Backend) -> None:
     """Async strategies are awaited and their statements counted."""
 
     async def both() -> tuple[Any, Any]:
-        grid = await ascaling([n_async_queries], any_db, [1, 3], warmup=1, repeats=2)
-        single = await acompare([n_async_queries], any_db, n=2, warmup=0, repeats=2)
+        grid = await ascaling([n_async_queries], any_db, [1, 3], repeats=5)
+        single = await acompare([n_async_queries], any_db, n=2, repeats=5)
         return grid, single
 
     grid, single = _run(any_db, both)
@@ -454,35 +534,80 @@ async def two_async_statements(db: Backend, n: int) -> None:
 def test_simulate_round_trip(sqlite_db: Backend) -> None:
     """Inside: the delay is reported and labelled, and every statement pays it. After: gone."""
     assert round_trip_ms(sqlite_db) == 0
-    with simulate_round_trip(sqlite_db, ms=20) as ms:
-        assert ms == 20
+    with simulate_round_trip(sqlite_db, ms=20) as trip:
+        assert isinstance(trip, RoundTrip)
+        assert trip.requested_ms == 20
         assert round_trip_ms(sqlite_db) == 20
         assert round_trip_ms(sqlite_db.sync_engine) == 20
-        frame = compare([two_statements], sqlite_db, n=1, warmup=0, repeats=2)
+        frame = compare([two_statements], sqlite_db, n=1, repeats=5, number=1)
     assert round_trip_ms(sqlite_db) == 0
-    assert frame["backend"].tolist() == ["sqlite + simulated 20 ms/statement"]
-    assert "simulated" in frame["backend"].iloc[0]
+    assert frame["backend"].tolist() == ["sqlite + simulated 20 ms/round trip"]
     assert frame["simulated_ms"].tolist() == [20]
     assert frame["statements"].tolist() == [2]
-    assert frame["median"].iloc[0] >= 2 * 20
+    assert frame["median_ms"].iloc[0] >= 2 * 20
+    # sleep never returns early, so every charge added at least the requested delay
+    assert min(trip.added_s) >= 0.020
+    assert trip.added_ms >= 20
+    assert trip.events["statement"] == 6 * 2  # warm-up + 5 samples, two statements each
+    assert "requested 20 ms per round trip" in trip.summary()
 
-    after = compare([two_statements], sqlite_db, n=1, warmup=0, repeats=1)
+    after = compare([two_statements], sqlite_db, n=1, repeats=5)
     assert after["backend"].tolist() == ["sqlite"]
     assert after["simulated_ms"].tolist() == [0.0]
 
 
+def test_simulate_round_trip_charges_begin_commit_rollback(any_db: Backend) -> None:
+    """A network charges transaction control too: BEGIN, COMMIT and ROLLBACK each pay once."""
+    assert set(CHARGED_EVENTS) == {"before_cursor_execute", "begin", "commit", "rollback"}
+    with simulate_round_trip(any_db, ms=1) as trip, any_db.sync_engine.connect() as conn:
+        conn.execute(text("select 1"))
+        conn.commit()
+        conn.execute(text("select 1"))
+        conn.rollback()
+    assert trip.events == {"BEGIN": 2, "COMMIT": 1, "ROLLBACK": 1, "statement": 2}
+    assert trip.charged == 6
+
+
 def test_simulate_round_trip_async(any_db: Backend) -> None:
-    """Async engines sleep the delay too: two statements take at least twice the delay."""
+    """Async engines wait the delay too: two statements take at least twice the delay."""
 
     async def measure() -> Any:
-        return await acompare([two_async_statements], any_db, n=1, warmup=0, repeats=2)
+        return await acompare([two_async_statements], any_db, n=1, repeats=5, number=1)
 
-    with simulate_round_trip(any_db, ms=20):
+    with simulate_round_trip(any_db, ms=20) as trip:
         frame = _run(any_db, measure)
     assert round_trip_ms(any_db) == 0
     assert frame["statements"].tolist() == [2]
-    assert frame["median"].iloc[0] >= 2 * 20
+    assert frame["median_ms"].iloc[0] >= 2 * 20
     assert "simulated" in frame["backend"].iloc[0]
+    assert trip.events["statement"] == 12
+
+
+def test_simulated_async_delay_lets_other_tasks_run(sqlite_db: Backend) -> None:
+    """While one task waits a simulated round trip, another task keeps running (no spinning)."""
+
+    async def main() -> int:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        async with sqlite_db.AsyncSession() as session:
+            for _ in range(5):
+                await session.execute(select(User.id))
+        stop.set()
+        await task
+        return ticks
+
+    with simulate_round_trip(sqlite_db, ms=5):
+        ticks = _run(sqlite_db, main)
+    # a busy-waiting delay would starve the ticker; asyncio.sleep lets it tick during each wait
+    assert ticks > 5
 
 
 def test_simulate_round_trip_on_an_engine(sqlite_db: Backend) -> None:
@@ -516,13 +641,13 @@ def test_added_latency() -> None:
             "strategy": ["a", "b", "a"],
             "backend": ["sqlite", "sqlite", "postgresql"],
             "n": [10, 10, 10],
-            "median": [1.0, 2.0, 5.0],
+            "median_ms": [1.0, 2.0, 5.0],
             "statements": [11, 2, 11],
         }
     )
     simulated = local.assign(
-        median=[12.0, 4.0, 27.0],
-        backend=local["backend"] + " + simulated 1 ms/statement",
+        median_ms=[12.0, 4.0, 27.0],
+        backend=local["backend"] + " + simulated 1 ms/round trip",
     )
     joined = added_latency(local, simulated)
     assert list(joined.columns) == [
@@ -530,14 +655,35 @@ def test_added_latency() -> None:
         "backend",
         "n",
         "statements",
-        "median local",
-        "median simulated",
-        "added",
-        "added per statement",
+        "median_ms_local",
+        "median_ms_simulated",
+        "added_ms",
+        "added_per_statement_ms",
     ]
     assert joined["backend"].tolist() == ["sqlite", "sqlite", "postgresql"]
-    assert joined["added"].tolist() == [11.0, 2.0, 22.0]
-    assert joined["added per statement"].tolist() == [1.0, 1.0, 2.0]
+    assert joined["added_ms"].tolist() == [11.0, 2.0, 22.0]
+    assert joined["added_per_statement_ms"].tolist() == [1.0, 1.0, 2.0]
+
+
+def test_table_pivots_by_backend_and_rounds() -> None:
+    """Strategies as rows, a column per backend, 4 significant figures."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "strategy": ["lazy", "eager", "lazy", "eager"],
+            "backend": ["sqlite", "sqlite", "postgresql", "postgresql"],
+            "n": [5] * 4,
+            "median_ms": [12.34567, 1.0, 30.0, 2.0],
+            "ratio": [12.35, 1.0, 15.0, 1.0],
+        }
+    )
+    view = table(frame)
+    assert list(view.index) == ["lazy", "eager"]
+    assert set(view.columns) == {"sqlite", "postgresql"}
+    assert view.loc["lazy", "sqlite"] == 12.35
+    both = table(frame, ["median_ms", "ratio"])
+    assert both.loc["lazy", ("ratio", "postgresql")] == 15.0
 
 
 # ---------------------------------------------------------------------- memory
@@ -571,9 +717,9 @@ def test_scaling_with_memory_reports_peak_kib(sqlite_db: Backend) -> None:
         """Allocate n MB"""
         return bytearray(n * 1_000_000)
 
-    frame = scaling([allocate], sqlite_db, [1, 2], repeats=1, warmup=0, memory=True)
+    frame = scaling([allocate], sqlite_db, [1, 2], repeats=5, memory=True)
     assert list(frame["n"]) == [1, 2]
     assert frame["peak_kib"].iloc[0] >= 950
     assert frame["peak_kib"].iloc[1] >= 1950
-    plain = scaling([allocate], sqlite_db, [1], repeats=1, warmup=0)
+    plain = scaling([allocate], sqlite_db, [1], repeats=5)
     assert "peak_kib" not in plain

@@ -8,9 +8,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import pytest
 from matplotlib.container import ErrorbarContainer
 
-from course_lib.plots import bar_chart, scaling_chart
+from course_lib.plots import bar_chart, fitted_slopes, scaling_chart
 
 STRATEGIES = ["lazy loop", "selectinload", "joinedload"]
 BACKENDS = ["sqlite", "postgresql"]
@@ -25,8 +26,10 @@ def _frame(
             "strategy": strategy,
             "backend": backend,
             "n": n,
-            "median": (s + 1) * (b + 1) * n / 10,
-            "spread": 0.1 * n / 10,
+            "median_ms": (s + 1) * (b + 1) * n / 10,
+            # a skewed spread: Q1 far below the median would give a negative half-IQR bar
+            "q1_ms": (s + 1) * (b + 1) * n / 10 * 0.2,
+            "q3_ms": (s + 1) * (b + 1) * n / 10 * 1.1,
         }
         for b, backend in enumerate(backends)
         for n in ns
@@ -44,7 +47,7 @@ def test_bar_chart_draws_one_bar_per_strategy_and_backend() -> None:
     (ax,) = fig.axes
     assert len(ax.patches) == len(STRATEGIES) * len(BACKENDS)
     widths = sorted(round(p.get_width(), 6) for p in ax.patches)
-    assert widths == sorted(round(m, 6) for m in frame["median"])
+    assert widths == sorted(round(m, 6) for m in frame["median_ms"])
     assert [t.get_text() for t in ax.get_yticklabels()] == STRATEGIES
 
 
@@ -81,26 +84,27 @@ def test_scaling_chart_is_log_log_with_a_line_per_strategy_and_backend() -> None
     for container in containers:
         assert list(container.lines[0].get_xdata()) == ns
     labels = ax.get_legend_handles_labels()[1]
-    assert labels == [f"{s} ({b})" for s in STRATEGIES for b in BACKENDS]
+    # made-up medians grow linearly with n: every fitted slope is 1.00
+    assert labels == [f"{s} ({b}), slope 1.00" for s in STRATEGIES for b in BACKENDS]
     assert ax.get_title() == "Loading posts · sqlite vs postgresql · scale small"
 
 
 def test_scaling_chart_single_backend_labels_are_strategies() -> None:
     """With one backend, the legend shows strategy names alone."""
     ax = scaling_chart(_frame([1, 10], backends=["postgresql"])).axes[0]
-    assert ax.get_legend_handles_labels()[1] == STRATEGIES
+    assert ax.get_legend_handles_labels()[1] == [f"{s}, slope 1.00" for s in STRATEGIES]
 
 
 def test_simulated_backend_is_in_the_title() -> None:
     """A simulated round trip shows in both charts' titles."""
-    label = "sqlite + simulated 0.5 ms/statement"
+    label = "sqlite + simulated 1 ms/round trip"
     titles = [
         bar_chart(_frame([10], backends=[label])).axes[0].get_title(),
         scaling_chart(_frame([10, 100], backends=[label])).axes[0].get_title(),
     ]
     for title in titles:
         assert "simulated" in title
-        assert title == ("Loading posts · sqlite · with simulated 0.5 ms/statement · scale tiny")
+        assert title == ("Loading posts · sqlite · with simulated 1 ms/round trip · scale tiny")
 
 
 def test_figures_are_closed() -> None:
@@ -123,7 +127,7 @@ def test_bar_chart_refuses_several_n_with_a_clear_message() -> None:
 
 def test_charts_draw_any_measure_such_as_peak_memory() -> None:
     """y='peak_kib' plots that column, labels the axis, and draws no IQR error bars."""
-    frame = _frame([10, 100]).assign(peak_kib=lambda f: f["median"] * 3)
+    frame = _frame([10, 100]).assign(peak_kib=lambda f: f["median_ms"] * 3)
     fig = scaling_chart(frame, y="peak_kib")
     ax = fig.axes[0]
     assert "peak memory" in ax.get_ylabel()
@@ -135,3 +139,35 @@ def test_charts_draw_any_measure_such_as_peak_memory() -> None:
         sorted(p.get_width() for p in bars.patches)[-1] == frame["peak_kib"][frame["n"] == 10].max()
     )
     plt.close("all")
+
+
+def test_error_bars_span_the_quartiles_and_never_go_below_zero() -> None:
+    """Bars run from Q1 to Q3, even when the spread is skewed; nothing is drawn below zero."""
+    frame = _frame([10], backends=["sqlite"])
+    ax = bar_chart(frame).axes[0]
+    (segments,) = [c for c in ax.collections if hasattr(c, "get_segments")]
+    lows = sorted(min(seg[:, 0]) for seg in segments.get_segments())
+    highs = sorted(max(seg[:, 0]) for seg in segments.get_segments())
+    assert lows == pytest.approx(sorted(frame["q1_ms"]))
+    assert highs == pytest.approx(sorted(frame["q3_ms"]))
+    assert min(lows) >= 0
+    plt.close("all")
+
+
+def test_legends_sit_outside_the_axes() -> None:
+    """Legends are anchored right of the plotting area, so they never cover data."""
+    for fig in (bar_chart(_frame([10])), scaling_chart(_frame([10, 100]))):
+        legend = fig.axes[0].get_legend()
+        anchor = legend.get_bbox_to_anchor().transformed(fig.axes[0].transAxes.inverted())
+        assert anchor.x0 >= 1.0
+
+
+def test_fitted_slopes() -> None:
+    """log-log slopes per strategy and backend, with the decades of n they cover."""
+    frame = _frame([10, 100, 1000], backends=["sqlite"])
+    slopes = fitted_slopes(frame)
+    assert slopes["slope"].tolist() == [1.0, 1.0, 1.0]
+    assert slopes["decades"].tolist() == [2.0, 2.0, 2.0]
+    flat = frame.assign(median_ms=5.0)
+    assert fitted_slopes(flat)["slope"].tolist() == [0.0, 0.0, 0.0]
+    assert fitted_slopes(_frame([10], backends=["sqlite"])).empty
