@@ -239,3 +239,51 @@ def test_acheck_accepts_a_sync_callable_returning_a_value(sqlite_db: Backend) ->
     result = _acheck(sqlite_db, lambda session: 42, 42, budget=0)
     assert result.status == "passed"
     assert result.statements == 0
+
+
+# ---------------------------------------------------------------------- objects and bind values
+
+
+def load_all_then_count(session: Session) -> dict[str, int]:
+    """Right answer in 2 statements, but builds every Car and counts in Python."""
+    names = {d.id: d.name for d in session.scalars(select(Dealership))}
+    counts: dict[str, int] = dict.fromkeys(names.values(), 0)
+    for car in session.scalars(select(Car)):
+        counts[names[car.dealership_id]] += 1
+    return {name: n for name, n in counts.items() if n}
+
+
+def test_max_objects_rejects_loading_everything(any_db: Backend, expected: dict[str, int]) -> None:
+    """Within budget and right, yet 63 objects built: 'filter and limit in SQL'."""
+    verdict = check(load_all_then_count, any_db, expected=expected, budget=2, max_objects=3)
+    assert verdict.status == "too many objects"
+    assert "built 63 ORM objects (at most 3)" in verdict.message
+    assert check(columns, any_db, expected=expected, budget=1, max_objects=3).passed
+
+
+def _insert_rows(n: int) -> list[dict[str, Any]]:
+    return [{"name": f"tag-{i}"} for i in range(n)]
+
+
+def test_max_parameters_rejects_a_multi_values_insert(sqlite_db: Backend, tmp_path: Any) -> None:
+    """insert().values(rows) is one statement with a bind value per field; executemany passes."""
+    from sqlalchemy import insert
+
+    from course_lib.data import reset_schema
+    from course_lib.models import Tag
+
+    scratch = reset_schema(sqlite_db.sibling(f"scratch_exercises_{tmp_path.name}"))
+
+    def multi_values(session: Session) -> int:
+        session.execute(insert(Tag).values(_insert_rows(50)))
+        return session.scalar(select(func.count(Tag.id)))
+
+    def executemany(session: Session) -> int:
+        session.execute(insert(Tag), _insert_rows(50))
+        return session.scalar(select(func.count(Tag.id)))
+
+    verdict = check(multi_values, scratch, expected=50, budget=2, max_parameters=10)
+    assert verdict.status == "one huge statement"
+    assert "carried 50 bind values (at most 10)" in verdict.message
+    assert "executemany" in verdict.message
+    assert check(executemany, scratch, expected=50, budget=2, max_parameters=10).passed
