@@ -60,8 +60,9 @@ lock: install  ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
 		-o requirements.lock
 
-bench: install  ## the foundation benchmarks (counter overhead, embedded server start)
+bench: install  ## foundation benchmarks, then how often each notebook's timing claims hold (5 runs)
 	$(BIN)/python scripts/bench_foundation.py
+	$(BIN)/python scripts/rank_stability.py --runs 5
 
 clean:  ## remove generated data and embedded servers (keeps .venv)
 	rm -rf .course
