@@ -206,6 +206,59 @@ def check_tags(nb: dict[str, Any]) -> Problems:
     return problems
 
 
+#: What a notebook's code must not contain, with the convention that replaces it.
+FORBIDDEN_CODE = [
+    (
+        re.compile(r"\bcl\.(measure|course|plots|exercises|explain|settings|environment)\."),
+        "reach the foundation as cl.<name>",
+    ),
+    (
+        re.compile(
+            r"from course_lib\.(loading|columns|bulk|pagination)\b|"
+            r"from course_lib import (loading|columns|bulk|pagination)\b"
+        ),
+        "import the lesson module as `from course_lib.lessons import <module> as lesson`",
+    ),
+    (re.compile(r"%xmode"), "wrap raising code in `with cl.short_errors():`"),
+]
+#: Code that uses one backend specifically: its cell must start with ``# needs: <backend>``.
+ONE_BACKEND = {
+    "postgresql": re.compile(r"course\.postgres\b|\[[\"']postgresql[\"']\]"),
+    "sqlite": re.compile(r"course\.sqlite\b|\[[\"']sqlite[\"']\]"),
+}
+NEEDS_LINE = re.compile(r"^\s*#\s*needs:\s*(?P<names>[a-z, ]+?)\s*$")
+
+
+def check_conventions(nb: dict[str, Any]) -> Problems:
+    """One way to call the library, one way to raise, and every one-backend cell marked.
+
+    >>> cell = {"cell_type": "code", "source": "course.postgres.engine", "metadata": {}}
+    >>> check_conventions({"cells": [cell]})
+    ['cell 0: uses postgresql alone but does not start with `# needs: postgresql`']
+    >>> cell["source"] = "# needs: postgresql\\ncourse.postgres.engine"
+    >>> check_conventions({"cells": [cell]})
+    []
+    """
+    problems: Problems = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        source = _source(cell)
+        for pattern, fix in FORBIDDEN_CODE:
+            if pattern.search(source):
+                problems.append(f"cell {index}: {pattern.search(source).group(0)!r}: {fix}")
+        first = source.lstrip("\n").splitlines()[0] if source.strip() else ""
+        match = NEEDS_LINE.match(first)
+        marked = {n.strip() for n in match["names"].split(",")} if match else set()
+        for backend, pattern in ONE_BACKEND.items():
+            if pattern.search(source) and backend not in marked:
+                problems.append(
+                    f"cell {index}: uses {backend} alone but does not start with "
+                    f"`# needs: {backend}`"
+                )
+    return problems
+
+
 NOTEBOOK_CHECKS: dict[str, Callable[[dict[str, Any]], Problems]] = {
     "kernelspec": check_kernelspec,
     "execution_order": check_execution_order,
@@ -213,6 +266,7 @@ NOTEBOOK_CHECKS: dict[str, Callable[[dict[str, Any]], Problems]] = {
     "error_outputs": check_error_outputs,
     "skeleton": check_skeleton,
     "tags": check_tags,
+    "conventions": check_conventions,
 }
 
 
@@ -430,4 +484,25 @@ def test_tags_reject_code_only_tags_on_markdown() -> None:
     assert check_tags(nb) == [
         "cell 2: tag 'nbval-ignore-output' on a markdown cell",
         "cell 2: tag 'raises-exception' on a markdown cell",
+    ]
+
+
+def test_conventions_reject_old_calls_and_unmarked_backend_cells() -> None:
+    """cl.measure.x, old lesson imports, %xmode and unmarked one-backend cells are caught."""
+    cells = [
+        _code("x = cl.measure.label_of(f)", 1),
+        _code("from course_lib import bulk", 2),
+        _code("%xmode Minimal", 3),
+        _code("plans['postgresql'].text", 4),
+        _code("# needs: sqlite\nplans['postgresql']", 5),
+        _code("# needs: postgresql\nplans['postgresql']", 6),
+        _code("for db in course.backends:\n    pass", 7),
+    ]
+    problems = check_conventions({"cells": cells})
+    assert [p.split(":")[0] for p in problems] == [
+        "cell 0",
+        "cell 1",
+        "cell 2",
+        "cell 3",
+        "cell 4",
     ]
