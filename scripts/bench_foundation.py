@@ -43,9 +43,9 @@ def counter_overhead(db: cl.backends.Backend) -> tuple[float, float, float]:
 
     # interleave the two so drift on a shared machine hits both alike
     plain, with_counter = [], []
-    for _ in range(7):
-        plain += cl.benchmark(loop, warmup=1, repeats=3).runs_s
-        with_counter += cl.benchmark(counted, warmup=1, repeats=3).runs_s
+    for _ in range(5):
+        plain += cl.benchmark(loop, warmup=1, repeats=5, number=1).runs_s
+        with_counter += cl.benchmark(counted, warmup=1, repeats=5, number=1).runs_s
     a, b = statistics.median(plain), statistics.median(with_counter)
     return a * 1000, b * 1000, (b / a - 1) * 100
 
@@ -80,7 +80,7 @@ def embedded_start_times() -> dict[str, float]:
 
 def main() -> int:
     """Print the figures."""
-    print(f"Counter overhead on a {LOOP:,}-statement loop (median of 21 runs each):")
+    print(f"Counter overhead on a {LOOP:,}-statement loop (median of 25 runs each):")
     for name in cl.settings.choose_backends():
         db = dataset(name, "small")
         plain, counted, overhead = counter_overhead(db)
