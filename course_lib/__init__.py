@@ -43,8 +43,11 @@ from .measure import (
     speedup,
     table,
 )
+from .navigation import course_map_table
 from .plots import bar_chart, fitted_slopes, scaling_chart
+from .references import check_comments_written
 from .settings import CourseConfigError, scales_table
+from .widgets import settings_picker
 
 __all__ = [
     "CheckResult",
@@ -65,9 +68,11 @@ __all__ = [
     "bar_chart",
     "benchmark",
     "check",
+    "check_comments_written",
     "claim",
     "compare",
     "count_statements",
+    "course_map_table",
     "environment_report",
     "explain",
     "fitted_slopes",
@@ -80,6 +85,7 @@ __all__ = [
     "scaling",
     "scaling_chart",
     "servers_ready",
+    "settings_picker",
     "setup",
     "short_errors",
     "simulate_round_trip",

@@ -756,7 +756,7 @@ def table(
     """
     wanted = [values] if isinstance(values, str) else list(values)
     index = ["strategy"] + (["n"] if "n" in frame and frame["n"].nunique() > 1 else [])
-    pivot = frame.pivot_table(index=index, columns=by, values=wanted, sort=False)
+    pivot = frame.pivot_table(index=index, columns=by, values=wanted, sort=False, aggfunc="first")
     pivot = pivot.map(_significant)
     if len(wanted) == 1:
         pivot.columns = pivot.columns.droplevel(0)

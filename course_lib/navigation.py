@@ -260,13 +260,20 @@ def render_index(entries: Sequence[NotebookEntry]) -> str:
     return "\n".join(lines)
 
 
-def course_map_table(entries: Sequence[NotebookEntry]) -> pd.DataFrame:
+def course_map_table(entries: Sequence[NotebookEntry] | None = None) -> pd.DataFrame:
     """The course map as a DataFrame (number, title, minutes, status, summary).
+
+    ``entries`` defaults to the repository's course map (:func:`course_map`).
 
     >>> course_map_table([NotebookEntry("00", "00_a", "A", "First", 30)]).status.tolist()
     ['planned']
+    >>> course_map_table().number.tolist()[0]
+    '00'
     """
     import pandas as pd
+
+    if entries is None:
+        entries = course_map()
 
     rows = [
         {

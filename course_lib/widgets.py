@@ -2,7 +2,9 @@
 
 >>> picker = settings_picker()
 >>> type(picker).__name__
-'VBox'
+'SettingsPicker'
+>>> repr(picker).startswith("Scale/backends picker: run this cell in JupyterLab to choose")
+True
 
 The choice is saved to ``.course/settings.json``; ``COURSE_SCALE`` and ``COURSE_BACKENDS``
 still win (``make test`` sets them, so the committed outputs stay at the default scale).
@@ -10,9 +12,12 @@ still win (``make test`` sets them, so the committed outputs stay at the default
 
 from __future__ import annotations
 
+from typing import Any
+
 import ipywidgets as widgets
 
-from .settings import BACKEND_NAMES, CourseConfigError, choose_scale, save_choice, scales
+from .settings import BACKEND_NAMES, CourseConfigError, choose_backends, choose_scale, save_choice
+from .settings import scales as scale_sizes
 
 BACKEND_CHOICES = {
     "SQLite and PostgreSQL": list(BACKEND_NAMES),
@@ -33,17 +38,67 @@ def apply_choice(scale: str, backends_label: str) -> str:
     )
 
 
-def settings_picker() -> widgets.VBox:
-    """Two drop-downs and a Save button."""
-    sizes = scales()
+def current_choice() -> str:
+    """The scale and backends in force now, as the picker's plain-text form states them."""
+    try:
+        return f"scale={choose_scale().name}, backends={','.join(choose_backends())}"
+    except CourseConfigError as exc:
+        return f"none that works ({exc})"
+
+
+class SettingsPicker:
+    """The picker widget, with a plain-text form that makes sense where widgets do not run.
+
+    An untrusted or not-yet-run notebook shows only an output's ``text/plain``; for a bare
+    ``VBox`` that is ``VBox(children=(Dropdown(...``. This wrapper keeps the widget view
+    and replaces the text with one sentence: what the cell is, and the choice in force.
+    """
+
+    def __init__(self, box: widgets.VBox):
+        self.box = box
+
+    @property
+    def children(self) -> tuple[widgets.Widget, ...]:
+        """The scale and backends drop-downs, the Save button and the message label."""
+        return tuple(self.box.children)
+
+    def __repr__(self) -> str:
+        return (
+            "Scale/backends picker: run this cell in JupyterLab to choose; "
+            f"current choice: {current_choice()}"
+        )
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = dict(self.box._repr_mimebundle_(**kwargs) or {})
+        bundle["text/plain"] = repr(self)
+        return bundle
+
+
+def _backends_label() -> str:
+    try:
+        chosen = choose_backends()
+    except CourseConfigError:
+        return next(iter(BACKEND_CHOICES))
+    return next((k for k, v in BACKEND_CHOICES.items() if v == chosen), next(iter(BACKEND_CHOICES)))
+
+
+def settings_picker() -> SettingsPicker:
+    """Two drop-downs (set to the choice in force) and a Save button."""
+    sizes = scale_sizes()
+    try:
+        value = choose_scale().name
+    except CourseConfigError:
+        value = next(iter(sizes))
     scale = widgets.Dropdown(
         options=[
             (f"{name}: {s.users:,} users, {s.cars:,} cars", name) for name, s in sizes.items()
         ],
-        value=choose_scale().name,
+        value=value,
         description="Scale",
     )
-    backends = widgets.Dropdown(options=list(BACKEND_CHOICES), description="Backends")
+    backends = widgets.Dropdown(
+        options=list(BACKEND_CHOICES), value=_backends_label(), description="Backends"
+    )
     save = widgets.Button(description="Save", button_style="primary")
     message = widgets.Label()
 
@@ -51,4 +106,4 @@ def settings_picker() -> widgets.VBox:
         message.value = apply_choice(scale.value, backends.value)
 
     save.on_click(on_save)
-    return widgets.VBox([scale, backends, save, message])
+    return SettingsPicker(widgets.VBox([scale, backends, save, message]))

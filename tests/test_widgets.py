@@ -1,0 +1,53 @@
+"""The picker's stored form: an untrusted notebook shows only its text/plain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from course_lib.widgets import SettingsPicker, current_choice, settings_picker
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("COURSE_SCALE", raising=False)
+    monkeypatch.delenv("COURSE_BACKENDS", raising=False)
+    return tmp_path
+
+
+def test_plain_text_says_what_the_cell_is(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """text/plain is one sentence with the choice in force, never VBox(children=...)."""
+    monkeypatch.setenv("COURSE_SCALE", "small")
+    monkeypatch.setenv("COURSE_BACKENDS", "sqlite,postgresql")
+    bundle = settings_picker()._repr_mimebundle_()
+    assert bundle["text/plain"] == (
+        "Scale/backends picker: run this cell in JupyterLab to choose; "
+        "current choice: scale=small, backends=sqlite,postgresql"
+    )
+    assert WIDGET_VIEW in bundle  # JupyterLab still renders the live widget
+
+
+def test_drop_downs_start_at_the_choice_in_force(
+    fresh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COURSE_SCALE=tiny, COURSE_BACKENDS=sqlite: the drop-downs show that choice."""
+    monkeypatch.setenv("COURSE_SCALE", "tiny")
+    monkeypatch.setenv("COURSE_BACKENDS", "sqlite")
+    picker = settings_picker()
+    assert isinstance(picker, SettingsPicker)
+    scale, backends, _save, _message = picker.children
+    assert (scale.value, backends.value) == ("tiny", "SQLite only")
+    assert current_choice() == "scale=tiny, backends=sqlite"
+
+
+def test_a_broken_choice_still_gives_a_picker(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown COURSE_SCALE does not break the picker: it is how to fix the choice."""
+    monkeypatch.setenv("COURSE_SCALE", "huge")
+    picker = settings_picker()
+    assert "current choice: none that works (" in repr(picker)
+    assert "'huge'" in repr(picker)
+    assert picker.children[0].value == "tiny"
