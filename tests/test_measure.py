@@ -288,11 +288,23 @@ def test_benchmark_calibrates_calls_per_sample() -> None:
 
 
 def test_benchmark_long_warmup_needs_no_calibration() -> None:
-    """A warm-up call already longer than min_sample_s settles number=1 with no extra calls."""
+    """A long warm-up call is confirmed by one more call (the first is often cold): number=1."""
     calls = []
     timing = benchmark(lambda: calls.append(time.sleep(0.006)), repeats=5, min_sample_s=0.005)
     assert timing.number == 1
-    assert len(calls) == 1 + 5
+    assert len(calls) == 1 + 1 + 5
+
+
+def test_a_cold_first_call_does_not_decide_the_calibration() -> None:
+    """A slow first call (cold caches) followed by fast ones still gets several calls a sample."""
+    calls = []
+
+    def fn() -> None:
+        calls.append(1)
+        time.sleep(0.02 if len(calls) == 1 else 0.001)
+
+    timing = benchmark(fn, repeats=5, min_sample_s=0.005)
+    assert timing.number > 1
 
 
 def test_next_number_ladder() -> None:
@@ -314,17 +326,35 @@ def test_benchmark_rejects_bad_counts(warmup: int, repeats: int, message: str) -
 
 
 def test_benchmark_collects_garbage_before_each_sample(monkeypatch: pytest.MonkeyPatch) -> None:
-    """gc.collect() runs once per sample by default, never with collect=False."""
+    """By default: one full collection and a freeze first, then gc.collect() before each sample;
+    everything is unfrozen afterwards. With collect=False, none of it."""
     import gc
 
-    collected = []
-    real = gc.collect
-    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1) or real(*a))
+    collected, frozen = [], []
+    real_collect, real_freeze, real_unfreeze = gc.collect, gc.freeze, gc.unfreeze
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1) or real_collect(*a))
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append("freeze") or real_freeze())
+    monkeypatch.setattr(gc, "unfreeze", lambda: frozen.append("unfreeze") or real_unfreeze())
     benchmark(lambda: None, repeats=6, number=1)
-    assert len(collected) == 6
+    assert len(collected) == 1 + 6
+    assert frozen == ["freeze", "unfreeze"]
+    assert gc.get_freeze_count() == 0
     collected.clear()
+    frozen.clear()
     benchmark(lambda: None, repeats=6, number=1, collect=False)
-    assert collected == []
+    assert collected == [] and frozen == []
+
+
+def test_an_error_in_the_strategy_still_unfreezes() -> None:
+    """A failing strategy leaves no frozen objects behind."""
+    import gc
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        benchmark(boom, repeats=5)
+    assert gc.get_freeze_count() == 0
 
 
 def test_benchmark_clocks_gc_pauses() -> None:
