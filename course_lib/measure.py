@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util.concurrency import await_, in_greenlet
 
 from .backends import Backend
+from .progress import progress
 
 __all__ = [
     "RoundTrip",
@@ -675,11 +676,9 @@ def _grid(
                 yield fn, db, n, (lambda fn=fn, db=db, n=n: fn(db, n))
 
 
-def _progress(total: int, title: str | None, progress: bool) -> Any:
-    """A tqdm bar over the grid (off when ``progress`` is false); it closes itself when done."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=title or "measuring", disable=not progress, leave=False)
+def _progress(total: int, title: str | None, enabled: bool) -> Any:
+    """One progress line over the grid (off unless asked); see :mod:`course_lib.progress`."""
+    return progress(total, title or "measuring", enabled=enabled, unit="measurements")
 
 
 def scaling(

@@ -10,8 +10,10 @@ notebook 00), then from the defaults in ``data/scales.toml``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -30,13 +32,36 @@ class CourseConfigError(RuntimeError):
     """
 
 
+_writable: set[Path] = set()
+
+
 def data_dir() -> Path:
     """The git-ignored folder holding databases, embedded servers and settings.
 
     ``COURSE_DATA_DIR`` overrides it; the default is ``.course/`` at the repository root.
+    A folder that cannot be created or written raises :class:`CourseConfigError` (one line).
     """
-    path = Path(os.environ.get("COURSE_DATA_DIR") or REPO_ROOT / ".course")
-    path.mkdir(parents=True, exist_ok=True)
+    raw = os.environ.get("COURSE_DATA_DIR")
+    path = Path(raw) if raw else REPO_ROOT / ".course"
+    if path not in _writable or not path.is_dir():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):  # a folder can exist and still refuse files
+                pass
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            if exc.errno == errno.EEXIST or (path.exists() and not path.is_dir()):
+                reason = "it is a file, not a folder"
+            if raw:
+                raise CourseConfigError(
+                    f"COURSE_DATA_DIR={raw} cannot hold the course's files ({reason}): set "
+                    "COURSE_DATA_DIR to a folder you can write, or unset it to use .course/."
+                ) from None
+            raise CourseConfigError(
+                f"The course's data folder .course/ cannot be written ({reason}): make the "
+                "repository folder writable, or set COURSE_DATA_DIR to a folder you can write."
+            ) from None
+        _writable.add(path)
     return path
 
 
@@ -98,55 +123,108 @@ def seed() -> int:
     return int(_scales_file()["seed"])
 
 
-def _saved() -> dict:
-    path = data_dir() / "settings.json"
+def settings_file() -> Path:
+    """Where notebook 00's picker saves the learner's choice."""
+    return data_dir() / "settings.json"
+
+
+def _reset_hint() -> str:
+    return f"delete {display_path(settings_file())} or pick again in notebook 00"
+
+
+def _saved(*, strict: bool = True) -> dict:
+    """The saved choice; a broken file raises, naming the file and how to reset it.
+
+    ``strict=False`` (used when saving a new choice over it) reads a broken file as empty.
+    """
+    path = settings_file()
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        saved = json.loads(path.read_text())
+        problem = None if isinstance(saved, dict) else f"holds a JSON {type(saved).__name__}"
+    except FileNotFoundError:
         return {}
+    except json.JSONDecodeError as exc:
+        saved, problem = {}, f"is not valid JSON (line {exc.lineno})"
+    except (OSError, UnicodeDecodeError) as exc:
+        saved, problem = {}, f"cannot be read ({type(exc).__name__})"
+    if problem is None:
+        return saved
+    if not strict:
+        return {}
+    raise CourseConfigError(
+        f"The saved settings file {display_path(path)} {problem}, not an object like "
+        f'{{"scale": "small"}}: {_reset_hint()}.'
+    )
 
 
 def save_choice(*, scale: str | None = None, backends: list[str] | None = None) -> Path:
-    """Remember a learner's scale and backends for every notebook (environment variables win)."""
-    saved = _saved()
+    """Remember a learner's scale and backends for every notebook (environment variables win).
+
+    A broken settings file is replaced, so picking again in notebook 00 repairs it.
+    """
+    saved = _saved(strict=False)
     if scale is not None:
-        saved["scale"] = choose_scale(scale).name
+        saved["scale"] = lookup_scale(scale).name
     if backends is not None:
         saved["backends"] = choose_backends(backends)
-    path = data_dir() / "settings.json"
+    path = settings_file()
     path.write_text(json.dumps(saved, indent=2))
     return path
 
 
-def choose_scale(name: str | None = None) -> Scale:
-    """The scale named, or ``COURSE_SCALE``, or the saved choice, or the default."""
-    source = "scale"
-    if name is None and os.environ.get("COURSE_SCALE"):
-        name, source = os.environ["COURSE_SCALE"], "COURSE_SCALE"
-    if name is None:
-        name = _saved().get("scale") or _scales_file()["default"]
+def lookup_scale(name: str, source: str = "scale", *, saved: bool = False) -> Scale:
+    """The scale called ``name`` in data/scales.toml (no environment, no saved choice)."""
     known = scales()
-    if name not in known:
+    if not isinstance(name, str) or name not in known:
+        where, fix = (
+            (f" saved in {display_path(settings_file())}", f"; or {_reset_hint()}")
+            if saved
+            else ("", "")
+        )
         raise CourseConfigError(
-            f"Unknown {source} {name!r}: choose one of {', '.join(known)} (see data/scales.toml)."
+            f"Unknown {source} {name!r}{where}: choose one of {', '.join(known)} "
+            f"(see data/scales.toml){fix}."
         )
     return known[name]
 
 
+def choose_scale(name: str | None = None) -> Scale:
+    """The scale named, or ``COURSE_SCALE``, or the saved choice, or the default.
+
+    Call it once, where configuration enters (``setup``, a command line); pass the
+    :class:`Scale` it returns down from there.
+    """
+    if name is not None:
+        return lookup_scale(name)
+    if os.environ.get("COURSE_SCALE"):
+        return lookup_scale(os.environ["COURSE_SCALE"], "COURSE_SCALE")
+    saved = _saved().get("scale")
+    if saved is not None:
+        return lookup_scale(saved, saved=True)
+    return lookup_scale(_scales_file()["default"])
+
+
 def choose_backends(names: list[str] | str | None = None) -> list[str]:
     """The backends named, or ``COURSE_BACKENDS`` (comma-separated), or saved, or both."""
-    source = "backends"
+    source, where, fix = "backends", "", ""
     if names is None and os.environ.get("COURSE_BACKENDS"):
         names, source = os.environ["COURSE_BACKENDS"], "COURSE_BACKENDS"
     if names is None:
-        names = _saved().get("backends") or list(BACKEND_NAMES)
+        names = _saved().get("backends")
+        if names is None:
+            names = list(BACKEND_NAMES)
+        else:
+            where = f" saved in {display_path(settings_file())}"
+            fix = f"; or {_reset_hint()}"
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                names = [repr(names)]
     if isinstance(names, str):
         names = [part.strip() for part in names.split(",") if part.strip()]
     unknown = [n for n in names if n not in BACKEND_NAMES]
     if unknown or not names:
         raise CourseConfigError(
-            f"Unknown {source} {unknown or names!r}: use a comma-separated subset of "
-            f"{', '.join(BACKEND_NAMES)}, e.g. COURSE_BACKENDS=sqlite."
+            f"Unknown {source} {unknown or names!r}{where}: use a comma-separated subset of "
+            f"{', '.join(BACKEND_NAMES)}, e.g. COURSE_BACKENDS=sqlite{fix}."
         )
     return [n for n in BACKEND_NAMES if n in names]
 

@@ -82,7 +82,7 @@ def main() -> int:
     """Print the figures."""
     print(f"Counter overhead on a {LOOP:,}-statement loop (median of 25 runs each):")
     for name in cl.settings.choose_backends():
-        db = dataset(name, "small")
+        db = dataset(name, cl.settings.lookup_scale("small"))
         plain, counted, overhead = counter_overhead(db)
         print(
             f"  {name:<10} without {plain:8.1f} ms   with {counted:8.1f} ms   "

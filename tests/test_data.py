@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
-from sqlalchemy.pool import NullPool
+from sqlalchemy import select
 
 from course_lib.backends import Backend, sqlite
 from course_lib.data import (
@@ -24,9 +23,9 @@ from course_lib.data import (
     row_counts,
 )
 from course_lib.models import Base, Car, User
-from course_lib.settings import choose_scale, seed
+from course_lib.settings import CourseConfigError, lookup_scale, scales, seed
 
-TINY = choose_scale("tiny")
+TINY = lookup_scale("tiny")
 TABLE_ORDER = ["users", "tags", "posts", "post_tags", "comments", "dealerships", "cars"]
 
 
@@ -54,26 +53,11 @@ def scratch_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
 
 
 @pytest.fixture(params=["pg_service", "pg_embedded"])
-def scratch_pg(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """An empty database ``course_scratch_data`` on each PostgreSQL, dropped afterwards."""
-    pg: Backend = request.getfixturevalue(request.param)
-    name = "course_scratch_data"
-    admin = create_engine(
-        pg.sync_url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    db = Backend(
-        "postgresql", pg.sync_url.set(database=name), pg.async_url.set(database=name), "", name
-    )
-    try:
-        yield db
-    finally:
-        db.sync_engine.dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+def scratch_pg(
+    request: pytest.FixtureRequest, fresh_database: Callable[[Backend, str], Backend]
+) -> Backend:
+    """An empty database, unique to this run, on each PostgreSQL."""
+    return fresh_database(request.getfixturevalue(request.param), "data")
 
 
 # ----------------------------------------------------------------------- generate
@@ -184,12 +168,12 @@ def test_current_fingerprint_of_empty_database(scratch_sqlite: Backend) -> None:
 
 def test_build_is_idempotent_and_force_rebuilds(scratch_sqlite: Backend) -> None:
     """The first build builds, the second skips, force=True builds again with the same rows."""
-    first = build(scratch_sqlite, "tiny", progress=False)
+    first = build(scratch_sqlite, TINY, progress=False)
     assert first.built is True
     assert first.rows == expected_rows(TINY)
     assert first.seconds > 0
 
-    second = build(scratch_sqlite, "tiny")
+    second = build(scratch_sqlite, TINY)
     assert second.built is False
     assert second.seconds == 0.0
     assert second.rows == expected_rows(TINY)
@@ -203,8 +187,8 @@ def test_build_is_idempotent_and_force_rebuilds(scratch_sqlite: Backend) -> None
 
 def test_build_with_another_seed_rebuilds(scratch_sqlite: Backend) -> None:
     """A different seed changes the fingerprint, so build() builds again."""
-    build(scratch_sqlite, "tiny", progress=False)
-    again = build(scratch_sqlite, "tiny", seed=99, progress=False)
+    build(scratch_sqlite, TINY, progress=False)
+    again = build(scratch_sqlite, TINY, seed=99, progress=False)
     assert again.built is True
     assert current_fingerprint(scratch_sqlite) == fingerprint(TINY, 99)
     assert _table_rows(scratch_sqlite, "users") == _generated(99)["users"]
@@ -212,9 +196,9 @@ def test_build_with_another_seed_rebuilds(scratch_sqlite: Backend) -> None:
 
 def test_build_on_postgresql_resets_sequences(scratch_pg: Backend) -> None:
     """After a build, new rows without an id get the next id after the generated ones."""
-    report = build(scratch_pg, "tiny", progress=False)
+    report = build(scratch_pg, TINY, progress=False)
     assert report.built is True
-    assert build(scratch_pg, "tiny").built is False
+    assert build(scratch_pg, TINY).built is False
     with scratch_pg.Session() as session, session.begin():
         user = User(name="New", email="new@example.com", created_at=datetime(2025, 1, 1))
         session.add(user)
@@ -238,7 +222,7 @@ def test_build_on_postgresql_resets_sequences(scratch_pg: Backend) -> None:
 
 def test_dataset_builds_into_course_scale(scratch_sqlite: Backend) -> None:
     """dataset() returns the backend of database course_<scale>, holding that scale."""
-    db = dataset("sqlite", "tiny")
+    db = dataset("sqlite", TINY)
     assert db.database == "course_tiny"
     assert row_counts(db) == expected_rows(TINY)
 
@@ -270,3 +254,209 @@ def test_build_report_repr() -> None:
 def test_row_count_total_of_tiny() -> None:
     """261 rows in all at the tiny scale (the number the reprs above use)."""
     assert sum(expected_rows(TINY).values()) == 261
+
+
+# ----------------------------------------------------------- the scale, resolved once
+
+
+def test_build_and_dataset_take_a_scale_not_none(scratch_sqlite: Backend) -> None:
+    """build()/dataset() never resolve the scale themselves: None is a TypeError."""
+    with pytest.raises(TypeError, match="take a Scale"):
+        build(scratch_sqlite, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="take a Scale"):
+        dataset("sqlite", None)  # type: ignore[arg-type]
+
+
+def test_dataset_ignores_the_environment(
+    scratch_sqlite: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Scale passed in is what is built, whatever COURSE_SCALE or settings.json say."""
+    monkeypatch.setenv("COURSE_SCALE", "large")
+    (Path(scratch_sqlite.sync_url.database).parent / "settings.json").write_text("[broken")
+    db = dataset("sqlite", TINY)
+    assert current_fingerprint(db) == fingerprint(TINY, seed())
+
+
+def test_a_scale_name_is_looked_up_not_resolved(scratch_sqlite: Backend) -> None:
+    """A name (as in doctests) is a plain lookup in scales.toml; an unknown one is one line."""
+    assert build(scratch_sqlite, "tiny", progress=False).scale == "tiny"
+    with pytest.raises(CourseConfigError, match="Unknown scale 'huge'"):
+        build(scratch_sqlite, "huge")
+
+
+def test_cli_resolves_the_scale_at_the_boundary(
+    scratch_sqlite: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --scale, the command line resolves COURSE_SCALE once and builds that."""
+    monkeypatch.setenv("COURSE_SCALE", "tiny")
+    assert main(["build", "--backend", "sqlite"]) == 0
+    assert capsys.readouterr().out.startswith("sqlite: course_tiny built in ")
+
+
+# ------------------------------------------------------- readers during a rebuild
+
+
+def _read_while(db: Backend, work: Callable[[], None], reader_connects: Callable) -> list:
+    """Run ``work`` while a thread reads users/cars counts; return what the thread saw."""
+    import threading
+
+    seen: list = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                seen.append(reader_connects())
+            except Exception as exc:
+                seen.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        work()
+    finally:
+        done.set()
+        thread.join()
+    return seen
+
+
+def _counts(conn) -> tuple[int, int, str]:
+    users = conn.exec_driver_sql("select count(*) from users").scalar()
+    cars = conn.exec_driver_sql("select count(*) from cars").scalar()
+    meta = conn.exec_driver_sql("select value from course_meta").scalar()
+    return users, cars, meta
+
+
+def test_sqlite_readers_never_see_a_half_built_dataset(scratch_sqlite: Backend) -> None:
+    """A rebuild writes a new file and renames it over the old: readers see whole datasets.
+
+    Before, the rebuild dropped the tables in place, and a reader got ``no such table: users``.
+    """
+    small = scales()["tiny"]
+    build(scratch_sqlite, small, progress=False)
+    reader = Backend(
+        "sqlite", scratch_sqlite.sync_url, scratch_sqlite.async_url, "", "reader"
+    )  # another kernel's engine
+    held = reader.sync_engine.connect()  # a connection opened before the rebuild
+    before = _counts(held)
+
+    def one_reader() -> tuple[int, int, str]:
+        with reader.sync_engine.connect() as conn:
+            return _counts(conn)
+
+    def rebuild() -> None:
+        for seed_value in (1, 2, 3, 4):
+            build(scratch_sqlite, small, seed=seed_value, force=True, progress=False)
+
+    seen = _read_while(scratch_sqlite, rebuild, one_reader)
+    errors = [s for s in seen if isinstance(s, Exception)]
+    assert errors == []
+    assert len(seen) > 0
+    assert {s[:2] for s in seen} == {(small.users, small.cars)}
+    assert _counts(held) == before  # an open connection keeps reading the old, whole file
+    held.close()
+    reader.sync_engine.dispose()
+    leftovers = list(Path(scratch_sqlite.sync_url.database).parent.glob("*.building-*"))
+    assert leftovers == []
+
+
+def test_postgres_readers_never_see_a_half_built_dataset(scratch_pg: Backend) -> None:
+    """A rebuild is one transaction: readers wait for its commit, and never miss a table."""
+    build(scratch_pg, TINY, progress=False)
+    reader = scratch_pg.fresh()
+
+    def one_reader() -> tuple[int, int, str]:
+        with reader.sync_engine.connect() as conn:
+            return _counts(conn)
+
+    def rebuild() -> None:
+        for seed_value in (1, 2, 3):
+            build(scratch_pg, TINY, seed=seed_value, force=True, progress=False)
+
+    seen = _read_while(scratch_pg, rebuild, one_reader)
+    reader.sync_engine.dispose()
+    assert [s for s in seen if isinstance(s, Exception)] == []
+    assert {s[:2] for s in seen} == {(TINY.users, TINY.cars)}
+    assert current_fingerprint(scratch_pg) == fingerprint(TINY, 3)
+
+
+def _probe_mid_build(monkeypatch: pytest.MonkeyPatch, probe: Callable[[], object]) -> list:
+    """Make build() call ``probe`` after its first batch of rows; return what it saw."""
+    import course_lib.data as data
+
+    seen: list = []
+    real = data.generate
+
+    def generate(*args: object, **kwargs: object) -> Iterator:
+        for i, chunk in enumerate(real(*args, **kwargs)):  # type: ignore[arg-type]
+            yield chunk
+            if i == 1:
+                try:
+                    seen.append(probe())
+                except Exception as exc:
+                    seen.append(exc)
+
+    monkeypatch.setattr(data, "generate", generate)
+    return seen
+
+
+def test_sqlite_reader_in_the_middle_of_a_rebuild_sees_the_old_dataset(
+    scratch_sqlite: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half-way through a rebuild, another connection still reads the whole old dataset."""
+    build(scratch_sqlite, TINY, progress=False)
+    reader = Backend("sqlite", scratch_sqlite.sync_url, scratch_sqlite.async_url, "", "reader")
+
+    def probe() -> tuple[int, int, str]:
+        with reader.sync_engine.connect() as conn:
+            return _counts(conn)
+
+    seen = _probe_mid_build(monkeypatch, probe)
+    build(scratch_sqlite, TINY, seed=5, force=True, progress=False)
+    reader.sync_engine.dispose()
+    assert seen == [(TINY.users, TINY.cars, fingerprint(TINY, seed()))]
+    assert current_fingerprint(scratch_sqlite) == fingerprint(TINY, 5)
+
+
+def test_postgres_reader_in_the_middle_of_a_rebuild_waits(
+    scratch_pg: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half-way through a rebuild, a reader waits (here: gives up after 200 ms) for the commit."""
+    from sqlalchemy.exc import OperationalError
+
+    build(scratch_pg, TINY, progress=False)
+    reader = scratch_pg.fresh()
+
+    def probe() -> tuple[int, int, str]:
+        with reader.sync_engine.connect() as conn:
+            conn.exec_driver_sql("SET lock_timeout = '200ms'")
+            return _counts(conn)
+
+    seen = _probe_mid_build(monkeypatch, probe)
+    build(scratch_pg, TINY, seed=5, force=True, progress=False)
+    reader.sync_engine.dispose()
+    assert len(seen) == 1
+    assert isinstance(seen[0], OperationalError)
+    assert "lock timeout" in str(seen[0])
+    assert current_fingerprint(scratch_pg) == fingerprint(TINY, 5)
+
+
+def test_postgres_rebuild_waits_for_an_open_transaction_then_says_why(
+    scratch_pg: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel that keeps a transaction open on the dataset: the rebuild stops in one line."""
+    import course_lib.data as data
+
+    build(scratch_pg, TINY, progress=False)
+    monkeypatch.setattr(data, "LOCK_WAIT", "300ms")
+    other = scratch_pg.fresh()
+    with other.Session() as session:
+        session.scalar(select(User.id).limit(1))  # the transaction stays open
+        with pytest.raises(CourseConfigError) as info:
+            build(scratch_pg, TINY, force=True, progress=False)
+    other.sync_engine.dispose()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"Cannot rebuild {scratch_pg.database}: another kernel has kept")
+    assert "Close that session or restart that kernel" in message
+    assert current_fingerprint(scratch_pg) == fingerprint(TINY, seed())  # the old data stays

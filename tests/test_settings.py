@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from course_lib.settings import (
     choose_scale,
     data_dir,
     display_path,
+    lookup_scale,
     save_choice,
     scales,
     scales_table,
@@ -224,11 +227,93 @@ def test_save_choice_rejects_unknown_scale_without_writing(fresh: Path) -> None:
     assert not (fresh / "settings.json").exists()
 
 
-def test_corrupt_settings_file_is_ignored(fresh: Path) -> None:
-    """A settings.json that is not JSON falls back to the defaults."""
+RESET = "delete $COURSE_DATA_DIR/settings.json or pick again in notebook 00"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "is not valid JSON (line 1)"),
+        ('["x"]', "holds a JSON list"),
+        ("42", "holds a JSON int"),
+        (b"\xff\xfe", "cannot be read (UnicodeDecodeError)"),
+    ],
+)
+def test_broken_settings_file_names_the_file_and_the_reset(
+    fresh: Path, content: str | bytes, problem: str
+) -> None:
+    """A settings.json that is not a JSON object: one line naming that file and the reset."""
+    path = fresh / "settings.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for choose in (choose_scale, choose_backends):
+        with pytest.raises(CourseConfigError) as info:
+            choose()
+        message = str(info.value)
+        assert "\n" not in message
+        assert message == (
+            f"The saved settings file $COURSE_DATA_DIR/settings.json {problem}, not an object "
+            f'like {{"scale": "small"}}: {RESET}.'
+        )
+
+
+def test_settings_file_that_is_a_folder(fresh: Path) -> None:
+    """settings.json being a folder is blamed on that path too."""
+    (fresh / "settings.json").mkdir()
+    with pytest.raises(
+        CourseConfigError, match=r"settings.json cannot be read \(IsADirectoryError"
+    ):
+        choose_scale()
+
+
+def test_unknown_saved_scale_names_the_file(fresh: Path) -> None:
+    """A scale saved in settings.json that scales.toml no longer has: the file is the source."""
+    (fresh / "settings.json").write_text('{"scale": "huge"}')
+    with pytest.raises(CourseConfigError) as info:
+        choose_scale()
+    assert str(info.value) == (
+        "Unknown scale 'huge' saved in $COURSE_DATA_DIR/settings.json: choose one of tiny, "
+        f"small, medium, large (see data/scales.toml); or {RESET}."
+    )
+
+
+@pytest.mark.parametrize("saved", ['{"backends": ["oracle"]}', '{"backends": "sqlite"}'])
+def test_bad_saved_backends_names_the_file(fresh: Path, saved: str) -> None:
+    """Backends saved in settings.json that are not a list of known names: the file is named."""
+    (fresh / "settings.json").write_text(saved)
+    with pytest.raises(CourseConfigError) as info:
+        choose_backends()
+    message = str(info.value)
+    assert message.startswith("Unknown backends [")
+    assert "] saved in $COURSE_DATA_DIR/settings.json: use a comma-separated subset" in message
+    assert message.endswith(f"; or {RESET}.")
+
+
+def test_env_wins_over_a_broken_settings_file(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """COURSE_SCALE / COURSE_BACKENDS never read the file, so a broken one does not matter."""
+    (fresh / "settings.json").write_text('["x"]')
+    monkeypatch.setenv("COURSE_SCALE", "tiny")
+    monkeypatch.setenv("COURSE_BACKENDS", "sqlite")
+    assert (choose_scale().name, choose_backends()) == ("tiny", ["sqlite"])
+    assert choose_scale("small").name == "small"
+
+
+def test_picking_again_repairs_a_broken_settings_file(fresh: Path) -> None:
+    """save_choice (the picker in notebook 00) overwrites a broken file with the new choice."""
+    (fresh / "settings.json").write_text('["x"]')
+    save_choice(scale="tiny", backends=["sqlite"])
+    assert choose_scale().name == "tiny"
+    assert choose_backends() == ["sqlite"]
+
+
+def test_lookup_scale_ignores_environment_and_saved_choice(
+    fresh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lookup_scale is a pure lookup: the scale is resolved once, by choose_scale."""
+    monkeypatch.setenv("COURSE_SCALE", "medium")
     (fresh / "settings.json").write_text("{not json")
-    assert choose_scale().name == "small"
-    assert choose_backends() == ["sqlite", "postgresql"]
+    assert lookup_scale("tiny").name == "tiny"
+    with pytest.raises(CourseConfigError, match="Unknown scale 'huge'"):
+        lookup_scale("huge")
 
 
 # ----------------------------------------------------------------------- paths
@@ -279,3 +364,96 @@ def test_display_path_outside_everything_is_the_name(fresh: Path) -> None:
     """A path outside the repository and the data folder is shown by its name only."""
     assert display_path(Path("/somewhere/else/y.sqlite")) == "y.sqlite"
     assert display_path(fresh / "sub" / "deep.rdb") == "deep.rdb"
+
+
+# ------------------------------------------------------------------ a bad COURSE_DATA_DIR
+
+
+def _data_dir_error(monkeypatch: pytest.MonkeyPatch, value: str) -> str:
+    monkeypatch.setenv("COURSE_DATA_DIR", value)
+    with pytest.raises(CourseConfigError) as info:
+        data_dir()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"COURSE_DATA_DIR={value} cannot hold the course's files (")
+    assert message.endswith(
+        "): set COURSE_DATA_DIR to a folder you can write, or unset it to use .course/."
+    )
+    return message
+
+
+def test_data_dir_under_a_regular_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path below a regular file: one line, 'Not a directory'."""
+    (tmp_path / "file").write_text("x")
+    message = _data_dir_error(monkeypatch, str(tmp_path / "file" / "data"))
+    assert "(Not a directory)" in message
+
+
+def test_data_dir_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """COURSE_DATA_DIR naming a regular file: one line saying so."""
+    (tmp_path / "file").write_text("x")
+    assert "(it is a file, not a folder)" in _data_dir_error(monkeypatch, str(tmp_path / "file"))
+
+
+def test_data_dir_in_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder under /proc cannot be created: one line, not an OSError traceback."""
+    if not Path("/proc/self").exists():
+        pytest.skip("no /proc here")
+    _data_dir_error(monkeypatch, "/proc/course-data")
+
+
+def test_data_dir_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder that exists but refuses new files (mode 0500; root ignores modes)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as root: file modes do not stop writes")
+        assert "(Permission denied)" in _data_dir_error(monkeypatch, str(folder))
+    finally:
+        folder.chmod(0o700)
+
+
+def test_data_dir_on_a_read_only_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EROFS (a read-only mount) is reported by name; simulated, as mounting needs privileges."""
+    import tempfile
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    message = _data_dir_error(monkeypatch, str(tmp_path / "mounted"))
+    assert "(Read-only file system)" in message
+
+
+def test_default_data_dir_unwritable_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without COURSE_DATA_DIR, the message names .course/ and COURSE_DATA_DIR as the fix."""
+    import tempfile
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.delenv("COURSE_DATA_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr("course_lib.settings._writable", set())
+    with pytest.raises(CourseConfigError) as info:
+        data_dir()
+    assert str(info.value) == (
+        "The course's data folder .course/ cannot be written (Permission denied): make the "
+        "repository folder writable, or set COURSE_DATA_DIR to a folder you can write."
+    )
+
+
+def test_setup_with_a_bad_data_dir_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cl.setup() itself stops with the same one line (no OSError from deeper down)."""
+    from course_lib.course import setup
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "file" / "data"))
+    with pytest.raises(CourseConfigError, match=r"^COURSE_DATA_DIR=.* \(Not a directory\)"):
+        setup(scale="tiny", backends="sqlite")
