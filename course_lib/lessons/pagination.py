@@ -18,7 +18,10 @@ True
 Machinery for notebook 04: :func:`cars_scratch` (a scratch copy of the cars with a
 ``(price, id)`` index), :class:`PageWalk` (the exercise check), :func:`walk_while_writing`
 (rows inserted or deleted between pages), :func:`estimate_statement` (the planner's row
-estimate), :func:`plans_side_by_side` and :func:`rows_scanned`.
+estimate), :func:`plans_side_by_side`, :func:`rows_scanned` and :func:`rows_stepped` (rows
+the engine steps through, on both backends), :func:`library_page` (the same pages through
+``sqlakeyset``), and :func:`check_page` / :func:`acheck_page` (the exercise check, which
+rejects the naive answers the notebook warns about).
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ import inspect
 import math
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import pandas as pd
+import sqlakeyset
+import sqlakeyset.asyncio
 from IPython.display import Markdown
 from pandas.io.formats.style import Styler
 from sqlalchemy import (
@@ -46,6 +52,7 @@ from sqlalchemy import (
     Table,
     column,
     delete,
+    event,
     func,
     insert,
     select,
@@ -56,9 +63,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from ..backends import Backend
+from ..claims import claim
 from ..course import Course
 from ..data import generate
-from ..explain import Plan
+from ..exercises import CheckResult, acheck, check
+from ..explain import Plan, explain
 from ..models import Car, Dealership
 from ..settings import Scale
 
@@ -66,17 +75,23 @@ __all__ = [
     "PRICE_INDEX",
     "SHOWN",
     "SIZE",
+    "TIMING_ROWS",
     "Page",
     "PageWalk",
     "WalkReport",
+    "acheck_page",
+    "add_car_zero",
     "aguide_page",
     "akeyset_page",
+    "alibrary_page",
+    "analyze",
     "aoffset_count_page",
     "aoffset_page",
     "aprice_offset_page",
     "aprice_page",
     "awalk",
     "cars_scratch",
+    "check_page",
     "compare_walks",
     "deep_page_strategies",
     "delete_first_row",
@@ -91,16 +106,24 @@ __all__ = [
     "keyset_cursors",
     "keyset_page",
     "keyset_statement",
+    "last_page_cursor",
+    "library_page",
+    "library_price_page",
     "new_cars",
     "offset_count_page",
     "offset_page",
+    "page_count",
+    "page_depths",
+    "pause_autovacuum",
     "plans_side_by_side",
     "price_offset_page",
     "price_page",
     "price_page_of",
     "price_statement",
     "rows_scanned",
+    "rows_stepped",
     "source",
+    "timing_claim",
     "walk",
     "walk_while_writing",
 ]
@@ -651,6 +674,7 @@ def plans_side_by_side(plans: dict[str, Plan]) -> Styler:
 
 
 _ACTUAL_ROWS = re.compile(r"actual time=\S+ rows=(\d+) loops=(\d+)")
+_REMOVED = re.compile(r"^\s*Rows Removed by Filter: (\d+)")
 
 
 def rows_scanned(plan: Plan) -> int:
@@ -706,3 +730,332 @@ def deep_page_strategies(
             return page(session, cursor, n)
 
     return [offset_at_depth, your_page]
+
+
+# ------------------------------------------------------------------ depths from the data
+
+
+TIMING_ROWS = 10_000
+"""Timing claims need at least this many cars: below it, a deep page is not deep at all."""
+
+
+def page_count(rows: int, size: int = SIZE) -> int:
+    """How many pages of ``size`` hold ``rows`` rows (at least one, possibly empty).
+
+    >>> page_count(50_000), page_count(60), page_count(61), page_count(0)
+    (2500, 3, 4, 1)
+    """
+    return max(1, math.ceil(rows / size))
+
+
+def page_depths(pages: int) -> list[int]:
+    """Page numbers from 1 to ``pages`` (the last): the powers of 10 below it, and itself.
+
+    >>> page_depths(2500), page_depths(25_000)
+    ([1, 10, 100, 1000, 2500], [1, 10, 100, 1000, 10000, 25000])
+    >>> page_depths(3), page_depths(1)
+    ([1, 3], [1])
+    """
+    return sorted({*(10**e for e in range(9) if 10**e < pages), pages})
+
+
+def timing_claim(course: Course, text: str, held: Any, *, detail: Any = None) -> str:
+    """``cl.claim(text, held)`` when the scale has :data:`TIMING_ROWS` cars; else say why not.
+
+    At the tiny scale the deepest page skips 40 rows: every strategy costs the same fixed
+    overhead, and no timing ranking is true there. Returns the line to print.
+    """
+    cars = course.scale.cars
+    if cars < TIMING_ROWS:
+        return f"not claimed at {cars:,} cars (timing claims need {TIMING_ROWS:,}): {text}"
+    claim(text, held, detail=detail)
+    return f"held: {text}"
+
+
+def last_page_cursor(session: Session, size: int = SIZE) -> int:
+    """The cursor of a full last page: the id with exactly ``size`` cars after it."""
+    stmt = select(Car.id).order_by(Car.id.desc()).offset(size).limit(1)
+    found = session.scalar(stmt)
+    if found is None:
+        raise ValueError(f"fewer than {size + 1} cars: there is no full last page")
+    return found
+
+
+# ----------------------------------------------------------------------- rows stepped
+
+
+@contextmanager
+def _step_counter(conn: Any) -> Iterator[list[int]]:
+    """Register ``course_step(x)`` on a sqlite3 connection: it counts its calls, returns 1."""
+    calls = [0]
+
+    def step(_value: Any) -> int:
+        calls[0] += 1
+        return 1
+
+    raw = conn.connection.driver_connection
+    raw.create_function("course_step", 1, step)
+    try:
+        yield calls
+    finally:
+        raw.create_function("course_step", 1, None)  # unregister
+
+
+def rows_stepped(db: Backend, stmt: Select) -> int:
+    """Rows the engine steps through to answer ``stmt`` (a select from ``cars``).
+
+    SQLite: the statement runs with ``AND course_step(cars.id)`` added to its WHERE, a
+    function registered on the sqlite3 connection that counts each call: SQLite calls it
+    once for each row it visits before OFFSET and LIMIT are applied. PostgreSQL: the
+    ``actual rows`` of the scan nodes in ``EXPLAIN ANALYZE`` (:func:`rows_scanned`), plus
+    the rows their filters removed (``Rows Removed by Filter``): every row a scan visited.
+    """
+    if db.name == "sqlite":
+        with db.sync_engine.connect() as conn, _step_counter(conn) as calls:
+            conn.execute(stmt.where(func.course_step(Car.id) == 1)).all()
+        return calls[0]
+    plan = explain(db, stmt)
+    removed = sum(int(found.group(1)) for line in plan.lines if (found := _REMOVED.search(line)))
+    return rows_scanned(plan) + removed
+
+
+# ------------------------------------------------------------------ the library: sqlakeyset
+
+
+def _library_statement() -> Select:
+    return select(Car.id).order_by(Car.id)
+
+
+def _library_ids(page: Any, size: int) -> Page:
+    ids = [row.id for row in page]
+    paging = page.paging
+    return Page(ids, paging.next[0][0] if paging.has_next else None)
+
+
+def library_page(session: Session, cursor: int | None, size: int = SIZE) -> Page:
+    """sqlakeyset.select_page by id"""
+    after = (cursor,) if cursor is not None else None
+    page = sqlakeyset.select_page(session, _library_statement(), per_page=size, after=after)
+    return _library_ids(page, size)
+
+
+async def alibrary_page(session: AsyncSession, cursor: int | None, size: int = SIZE) -> Page:
+    """sqlakeyset.asyncio.select_page by id"""
+    after = (cursor,) if cursor is not None else None
+    page = await sqlakeyset.asyncio.select_page(
+        session, _library_statement(), per_page=size, after=after
+    )
+    return _library_ids(page, size)
+
+
+def library_price_page(session: Session, cursor: tuple[int, int] | None, size: int = SIZE) -> Page:
+    """sqlakeyset.select_page by (price, id)"""
+    stmt = select(*SHOWN).order_by(Car.price, Car.id)
+    page = sqlakeyset.select_page(session, stmt, per_page=size, after=cursor)
+    ids = [row.id for row in page]
+    return Page(ids, page.paging.next[0] if page.paging.has_next else None)
+
+
+# ------------------------------------------------------------------ estimates, refreshed
+
+
+def analyze(db: Backend) -> None:
+    """Run ``ANALYZE`` (outside a transaction): the planner's statistics, refreshed now."""
+    with db.sync_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE")
+
+
+def pause_autovacuum(db: Backend) -> bool:
+    """On PostgreSQL, stop autovacuum from analyzing this ``cars`` table (a scratch copy only).
+
+    Without it, autovacuum could refresh the estimate at any moment and the lesson's
+    "stale until ANALYZE" would be a race. SQLite has no autovacuum of statistics: no-op.
+    """
+    if db.name != "postgresql":
+        return False
+    with db.sync_engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE cars SET (autovacuum_enabled = false)")
+    return True
+
+
+# ------------------------------------------------------------------------ the exercise check
+
+
+def add_car_zero(db: Backend) -> None:
+    """Add the imported car with id 0 (idempotent): the check needs a cursor of 0."""
+    when = datetime(2024, 1, 1)
+    with db.Session.begin() as session:
+        if session.get(Car, 0) is None:
+            session.add(
+                Car(
+                    id=0,
+                    dealership_id=1,
+                    make="Fiat",
+                    model="Panda",
+                    year=2009,
+                    price=3_900,
+                    created_at=when,
+                    updated_at=when,
+                )
+            )
+
+
+def _fitting_size(rows_after_first: int, most: int = 250) -> int:
+    """A page size that divides the rows after the first request evenly (a full last page),
+    with at least three pages where possible.
+
+    >>> _fitting_size(50_000), _fitting_size(60), _fitting_size(7), _fitting_size(0)
+    (250, 20, 1, 1)
+    """
+    limit = max(1, min(most, rows_after_first // 3))
+    return next(d for d in range(limit, 0, -1) if rows_after_first % d == 0)
+
+
+_OFFSET = re.compile(r"\bOFFSET\s+(\S+)", re.IGNORECASE)
+_ORDER_BY = re.compile(r"\bORDER BY\s+(.+?)(?:\s+LIMIT\b|\s+OFFSET\b|\s+FETCH\b|$)", re.I | re.S)
+
+
+def _uses_offset(sql: str, params: Any) -> bool:
+    """Whether a statement skips rows with OFFSET (SQLite's ``OFFSET ?`` bound to 0 does not)."""
+    found = _OFFSET.search(sql)
+    if found is None:
+        return False
+    value = found.group(1).rstrip(";")
+    if value.isdigit():
+        return int(value) != 0
+    if value == "?" and isinstance(params, tuple | list) and params:
+        return params[-1] != 0  # SQLite writes LIMIT ? OFFSET ?: the offset is the last value
+    return True  # a named or numbered placeholder: only written when the code asked for it
+
+
+def _ordered_by_id(sql: str) -> bool:
+    """Whether the ORDER BY ends with the unique key ``cars.id`` (a total, stable order)."""
+    found = _ORDER_BY.search(sql)
+    if found is None:
+        return False
+    last = found.group(1).split(",")[-1].split()
+    return bool(last) and last[0].lower() in ("cars.id", "id")
+
+
+@contextmanager
+def _sql_with_values(db: Backend) -> Iterator[list[tuple[str, Any]]]:
+    """Record each statement's SQL and its bind values on both engines of ``db``."""
+    seen: list[tuple[str, Any]] = []
+
+    def after(_conn: Any, _cur: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
+        seen.append((sql, params))
+
+    engines = [db.sync_engine, db.engine.sync_engine]
+    for engine in engines:
+        event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield seen
+    finally:
+        for engine in engines:
+            event.remove(engine, "after_cursor_execute", after)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a check of ``db`` expects, computed from the data before the attempt runs."""
+
+    walk: PageWalk
+    expected: list[int]
+    budget: int
+
+    @classmethod
+    def of(cls, db: Backend) -> _Setup:
+        with db.Session() as session:
+            expected = PageWalk.reference(session)
+        if not expected or expected[0] != 0:
+            raise ValueError("the check needs a car with id 0: run lesson.add_car_zero(db) first")
+        walk = PageWalk(size=_fitting_size(len(expected) - 1), first=1)
+        return cls(walk, expected, walk.pages(len(expected)))
+
+
+def _verdict(
+    setup: _Setup, result: CheckResult, walked: list[Any], seen: list[tuple[str, Any]]
+) -> CheckResult:
+    """Explain why an attempt fails, in terms of the mistakes the notebook warns about."""
+    if result.status == "not attempted":
+        return result
+    selects = [(sql, params) for sql, params in seen if sql.lstrip().upper().startswith("SELECT")]
+
+    def fail(status: str, why: str) -> CheckResult:
+        return replace(result, status=status, message=f"✗ {why}")
+
+    if any(_uses_offset(sql, params) for sql, params in selects):
+        return fail(
+            "uses OFFSET",
+            "It pages with OFFSET: page k makes the database step through every row before "
+            "it. Filter on the cursor instead: WHERE cars.id > :cursor.",
+        )
+    pages = [sql for sql, _ in selects if "count(" not in sql.lower()]
+    if any(not _ordered_by_id(sql) for sql in pages):
+        return fail(
+            "unstable order",
+            "A page statement is not ordered by the unique key (ORDER BY ... cars.id): without "
+            "a total order the database may return rows in any order, so pages can overlap "
+            "or skip rows. End the ORDER BY with the id.",
+        )
+    ids = walked[0] if walked else None
+    if result.status == "wrong result":
+        if isinstance(ids, list) and len(ids) > 1 and ids[1] == ids[0] == 0:
+            return fail(
+                "wrong result",
+                "After cursor 0 the next page began again at the first row (car 0 came back): "
+                "`if cursor:` treats 0 as no cursor. Test `cursor is not None`.",
+            )
+        return result
+    if any("count(" in sql.lower() for sql, _ in selects):
+        return fail(
+            "over budget",
+            f"Right rows, but it ran count(*) ({result.statements} statements, budget "
+            f"{setup.budget}): a page does not need the total. Fetch size + 1 rows; the "
+            "extra row says whether a next page exists.",
+        )
+    if result.status == "over budget" and result.statements == setup.budget + 1:
+        return fail(
+            "over budget",
+            f"Right rows, but one request too many ({result.statements}, budget "
+            f"{setup.budget}): the last page returned a next cursor, so the walk asked for "
+            "an empty page. Fetch size + 1 rows and return None when no extra row came.",
+        )
+    return result
+
+
+def check_page(page: Callable[[Session, Any, int], Any], db: Backend) -> CheckResult:
+    """The exercise check for a sync page function ``page(session, cursor, size)`` on ``db``.
+
+    It walks every page in id order (a first request of one row, so the second carries
+    cursor 0; then a page size that fills the last page exactly) and rejects: a wrong or
+    repeated row (``if cursor:``), OFFSET, an ORDER BY that does not end with the id,
+    ``count(*)`` per page, and a next cursor on the last page. Everything is derived from
+    the data in ``db``, which must hold car 0 (:func:`add_car_zero`).
+    """
+    setup = _Setup.of(db)
+    walked: list[Any] = []
+    solve = setup.walk.of(page)
+
+    def attempt(session: Session) -> Any:
+        walked.append(solve(session))
+        return walked[-1]
+
+    with _sql_with_values(db) as seen:
+        result = check(attempt, db, expected=setup.expected, budget=setup.budget)
+    return _verdict(setup, result, walked, seen)
+
+
+async def acheck_page(page: Callable[..., Any], db: Backend) -> CheckResult:
+    """Like :func:`check_page` for an ``async def page(session, cursor, size)``."""
+    setup = _Setup.of(db)
+    walked: list[Any] = []
+    solve = setup.walk.of(page)
+
+    async def attempt(session: AsyncSession) -> Any:
+        walked.append(await solve(session))
+        return walked[-1]
+
+    with _sql_with_values(db) as seen:
+        result = await acheck(attempt, db, expected=setup.expected, budget=setup.budget)
+    return _verdict(setup, result, walked, seen)

@@ -1,26 +1,24 @@
-"""Tests for course_lib.lessons.pagination: keyset pages, the walker, the exercise check, on every backend.
+"""Tests for course_lib.lessons.pagination: keyset pages, the walker, the checks, everywhere.
 
 Every test works on a scratch copy of the tiny cars (60 cars, ids 1..60) plus one imported
-car with id 0, in a database beside the fixture's: 61 cars, ids 0..60.
+car with id 0, in a database beside the fixture's whose name is unique to this run
+(``fresh_database``): 61 cars, ids 0..60.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.orm import Session
 
-from course_lib import backends
-from course_lib.lessons import pagination as paging
 from course_lib.backends import Backend
 from course_lib.data import reset_schema
 from course_lib.exercises import CheckResult, acheck, check
 from course_lib.explain import Plan, explain
+from course_lib.lessons import pagination as paging
 from course_lib.measure import count_statements
 from course_lib.models import Car
 from course_lib.settings import choose_scale
@@ -29,48 +27,12 @@ ALL_IDS = list(range(0, 61))
 TINY = choose_scale("tiny")
 
 
-def _beside(db: Backend, name: str) -> Backend:
-    """An empty course schema in database ``name`` on the same server (or folder) as ``db``."""
-    if db.name == "sqlite":
-        path = str(Path(db.sync_url.database).with_name(f"{name}.sqlite"))
-        scratch = Backend(
-            "sqlite",
-            db.sync_url.set(database=path),
-            db.async_url.set(database=path),
-            "test scratch",
-            name,
-        )
-    else:
-        backends._ensure_database(db.sync_url, name, db.source)
-        scratch = Backend(
-            "postgresql",
-            db.sync_url.set(database=name),
-            db.async_url.set(database=name),
-            db.source,
-            name,
-        )
-    return reset_schema(scratch)
-
-
 @pytest.fixture(scope="module", params=["sqlite_db", "pg_service", "pg_embedded"])
-def cars(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """The tiny cars with the (price, id) index, plus car 0, beside each backend's dataset."""
-    db = _beside(request.getfixturevalue(request.param), "scratch_pagination_test")
+def cars(request: pytest.FixtureRequest, fresh_database: Any) -> Iterator[Backend]:
+    """The tiny cars with the (price, id) index, plus car 0, in a database unique to this run."""
+    db = reset_schema(fresh_database(request.getfixturevalue(request.param), "pagination"))
     paging.fill_cars(db, TINY)
-    when = datetime(2024, 1, 1)
-    with db.Session.begin() as session:
-        session.add(
-            Car(
-                id=0,
-                dealership_id=1,
-                make="Fiat",
-                model="Panda",
-                year=2009,
-                price=3_900,
-                created_at=when,
-                updated_at=when,
-            )
-        )
+    paging.add_car_zero(db)
     yield db
     db.sync_engine.dispose()
 
@@ -399,3 +361,194 @@ def test_deep_page_strategies_return_the_same_page(cars: Backend) -> None:
 
     offset, keyset, sync = _arun(cars, pages)
     assert offset.ids == keyset.ids == sync.ids == [10, 11, 12, 13, 14]
+
+
+# ------------------------------------------------- the notebook's check: check_page / acheck_page
+
+
+def _no_order(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """A keyset without ORDER BY: SQLite happens to return rowid order, so the rows look right."""
+    stmt = select(Car.id).limit(size + 1)
+    if cursor is not None:
+        stmt = stmt.where(Car.id > cursor)
+    ids = list(session.scalars(stmt))
+    page = ids[:size]
+    return paging.Page(page, page[-1] if len(ids) > size else None)
+
+
+def _non_unique_order(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Ordered by price (not unique), with the id as the cursor."""
+    stmt = select(Car.id).order_by(Car.price).limit(size + 1)
+    if cursor is not None:
+        stmt = stmt.where(Car.id > cursor)
+    ids = list(session.scalars(stmt))
+    page = ids[:size]
+    return paging.Page(page, page[-1] if len(ids) > size else None)
+
+
+def _count_every_page(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """A correct keyset that also runs count(*) for a "page N of M" footer."""
+    session.scalar(select(func.count()).select_from(Car))
+    return paging.keyset_page(session, cursor, size)
+
+
+NAIVE = [
+    # (page function, status, words the message must contain)
+    (paging.guide_page, "wrong result", "`if cursor:` treats 0 as no cursor"),
+    (_full_page_cursor, "over budget", "the last page returned a next cursor"),
+    (paging.offset_page, "uses OFFSET", "pages with OFFSET"),
+    (paging.offset_count_page, "uses OFFSET", "pages with OFFSET"),
+    (_no_order, "unstable order", "not ordered by the unique key"),
+    (_non_unique_order, "unstable order", "not ordered by the unique key"),
+    (_count_every_page, "over budget", "count(*)"),
+]
+
+
+@pytest.mark.parametrize(("page", "status", "why"), NAIVE, ids=[n[0].__name__ for n in NAIVE])
+def test_check_page_rejects_each_naive_answer_and_says_why(
+    cars: Backend, page: Any, status: str, why: str
+) -> None:
+    verdict = paging.check_page(page, cars)
+    assert not verdict.passed
+    assert verdict.status == status, verdict
+    assert why in verdict.message, verdict
+
+
+def test_check_page_accepts_the_solution_and_the_library(cars: Backend) -> None:
+    for page in (paging.keyset_page, paging.library_page):
+        verdict = paging.check_page(page, cars)
+        assert verdict.passed, verdict
+        # 1 row, then 60 in pages of 20 (a size that fills the last page exactly)
+        assert verdict.statements == verdict.budget == 4
+
+
+def test_check_page_says_not_attempted_for_the_stub(cars: Backend) -> None:
+    assert paging.check_page(_stub, cars).status == "not attempted"
+
+
+def test_acheck_page_judges_async_page_functions(cars: Backend) -> None:
+    async def stub(session: Any, cursor: Any, size: int) -> paging.Page:
+        raise NotImplementedError
+
+    async def verdicts() -> list[CheckResult]:
+        pages = (
+            paging.akeyset_page,
+            paging.alibrary_page,
+            paging.aguide_page,
+            paging.aoffset_page,
+            paging.aoffset_count_page,
+            stub,
+        )
+        return [await paging.acheck_page(page, cars) for page in pages]
+
+    keyset, library, guide, offset, counted, stub_verdict = _arun(cars, verdicts)
+    assert keyset.passed and library.passed, (keyset, library)
+    assert "`if cursor:`" in guide.message
+    assert offset.status == counted.status == "uses OFFSET"
+    assert stub_verdict.status == "not attempted"
+
+
+def test_check_page_needs_car_zero(sqlite_db: Backend) -> None:
+    with pytest.raises(ValueError, match="add_car_zero"):
+        paging.check_page(paging.keyset_page, sqlite_db)  # the shared tiny dataset: ids 1..60
+
+
+def test_fitting_size_fills_the_last_page() -> None:
+    for rows in (60, 50_000, 500_000, 7, 1, 97):
+        size = paging._fitting_size(rows)
+        assert rows % size == 0 and 1 <= size <= 250
+        assert rows // size >= 3 or size == 1
+
+
+def test_offset_and_order_judges_read_sql_and_values() -> None:
+    assert paging._uses_offset("SELECT cars.id FROM cars LIMIT ? OFFSET ?", (21, 40))
+    assert not paging._uses_offset("SELECT cars.id FROM cars LIMIT ? OFFSET ?", (21, 0))
+    assert paging._uses_offset("SELECT cars.id FROM cars LIMIT $1 OFFSET $2", (21, 0))
+    assert not paging._uses_offset("SELECT cars.id FROM cars WHERE cars.id > $1 LIMIT $2", (1, 2))
+    assert paging._uses_offset("SELECT 1 FROM cars LIMIT 20 OFFSET 40", ())
+    assert paging._ordered_by_id("SELECT cars.id FROM cars ORDER BY cars.price, cars.id LIMIT ?")
+    assert paging._ordered_by_id("SELECT cars.id FROM cars ORDER BY cars.id ASC LIMIT ?")
+    assert not paging._ordered_by_id("SELECT cars.id FROM cars ORDER BY cars.price LIMIT ?")
+    assert not paging._ordered_by_id("SELECT cars.id FROM cars WHERE cars.id > ? LIMIT ?")
+
+
+# ------------------------------------------------------------- rows stepped, depths, library
+
+
+def test_rows_stepped_is_offset_plus_limit(cars: Backend) -> None:
+    by_id = select(Car.id, Car.price).order_by(Car.id)
+    keyset = paging.keyset_statement(40, 5).with_only_columns(Car.id, Car.price)
+    cases = [(by_id.limit(5), 5), (by_id.limit(5).offset(40), 45), (by_id.limit(5).offset(58), 61)]
+    for stmt, expected in [*cases, (keyset, 6)]:  # the keyset: 5 + the extra row, at any depth
+        stepped = paging.rows_stepped(cars, stmt)
+        if cars.name == "sqlite":  # SQLite walks the rowid in order: exactly OFFSET + LIMIT
+            assert stepped == expected
+        else:  # 61 rows: PostgreSQL may rightly scan them all and sort, rather than walk an index
+            assert stepped in (expected, 61), (stmt, stepped)
+
+
+def test_rows_stepped_leaves_no_function_behind(cars: Backend) -> None:
+    if cars.name != "sqlite":
+        pytest.skip("the counting function is a SQLite technique")
+    paging.rows_stepped(cars, select(Car.id).limit(1))
+    with cars.sync_engine.connect() as conn, pytest.raises(Exception, match="course_step"):
+        conn.exec_driver_sql("SELECT course_step(1)")
+
+
+def test_page_count_and_depths() -> None:
+    assert paging.page_count(50_000) == 2_500
+    assert paging.page_count(500_000) == 25_000
+    assert paging.page_count(61) == 4
+    assert paging.page_depths(25_000)[-3:] == [1_000, 10_000, 25_000]
+    for pages in (1, 2, 3, 4, 2_500, 25_000):
+        depths = paging.page_depths(pages)
+        assert depths[0] == 1 and depths[-1] == pages and depths == sorted(set(depths))
+
+
+def test_last_page_cursor(cars: Backend) -> None:
+    with cars.Session() as session:
+        cursor = paging.last_page_cursor(session, 20)
+        assert cursor == 40  # ids 41..60 follow it
+        assert paging.keyset_page(session, cursor, 20) == (list(range(41, 61)), None)
+        with pytest.raises(ValueError, match="no full last page"):
+            paging.last_page_cursor(session, 61)
+
+
+def test_library_pages_match_the_hand_written_keyset(cars: Backend) -> None:
+    with cars.Session() as session:
+        for cursor in (None, 0, 17, 40, 59, 60):
+            assert paging.library_page(session, cursor, 7) == paging.keyset_page(session, cursor, 7)
+        expected = paging.walk(paging.price_page, session, 6)
+        assert paging.walk(paging.library_price_page, session, 6) == expected
+
+
+def test_timing_claim_is_made_only_at_scales_with_deep_pages() -> None:
+    from course_lib.course import Course
+
+    tiny = Course(TINY, [])
+    assert paging.timing_claim(tiny, "x is faster", False).startswith("not claimed at 60 cars")
+    small = Course(choose_scale("small"), [])
+    assert paging.timing_claim(small, "x is faster", True) == "held: x is faster"
+    with pytest.raises(AssertionError, match="x is faster"):
+        paging.timing_claim(small, "x is faster", False)
+
+
+def test_estimate_is_stale_after_a_commit_until_analyze(
+    any_db: Backend, fresh_database: Any
+) -> None:
+    db = reset_schema(fresh_database(any_db, "pagination_estimate"))
+    paging.fill_cars(db, TINY, index=False)
+    assert paging.pause_autovacuum(db) == (db.name == "postgresql")
+
+    def estimate() -> float:
+        with db.Session() as session:
+            return paging.estimate_value(session.scalar(paging.estimate_statement(db.name)))
+
+    assert estimate() == _count(db) == 60
+    with db.Session.begin() as session:
+        session.execute(insert(Car), paging.new_cars(30))
+    assert _count(db) == 90
+    assert estimate() == 60  # committed, but not in the estimate
+    paging.analyze(db)
+    assert estimate() == 90
+    db.sync_engine.dispose()
