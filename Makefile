@@ -52,6 +52,8 @@ notebooks: install  ## re-execute every notebook top to bottom and store its out
 	$(BIN)/python -m course_lib.navigation
 	env -u COURSE_POSTGRES_URL -u COURSE_REDIS_URL $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.kernel_name=python3 notebooks/[0-9]*.ipynb
+	$(BIN)/python -c 'import sys; from course_lib.widgets import main; sys.exit(main(sys.argv[1:]))' \
+		strip notebooks/[0-9]*.ipynb
 
 navigation: install  ## regenerate navigation cells and notebooks/index.md
 	$(BIN)/python -m course_lib.navigation

@@ -328,8 +328,8 @@ def embedded_postgres(pgdata: Path | None = None) -> URL:
         except Exception as exc:  # pgserver raises bare subprocess errors
             raise CourseConfigError(
                 f"The embedded PostgreSQL did not start ({type(exc).__name__}); see "
-                ".course/pgserver/log, delete .course/pgserver to start afresh, or set "
-                "COURSE_POSTGRES_URL."
+                f"{display_path(folder)}/log, delete {display_path(folder)} to start afresh, "
+                "or set COURSE_POSTGRES_URL."
             ) from None
     _embedded["pg"] = server
     return make_url(server.get_uri())
@@ -468,8 +468,8 @@ def _ensure_database(server: URL, database: str, source: str) -> None:
         if source.startswith("embedded"):
             raise CourseConfigError(
                 f"The embedded PostgreSQL does not answer: {_reason(exc)}. Run setup() again "
-                "to restart it; if that fails, restart the kernel (see .course/pgserver/log), "
-                "or set COURSE_BACKENDS=sqlite."
+                "to restart it; if that fails, restart the kernel (see the log in "
+                f"{display_path(data_dir() / 'pgserver')}), or set COURSE_BACKENDS=sqlite."
             ) from None
         raise CourseConfigError(
             f"Cannot use PostgreSQL at {where} ({source}): {_reason(exc)}. Start the server "
@@ -488,7 +488,7 @@ def postgres(database: str) -> Backend:
     else:
         pgdata = (data_dir() / "pgserver").resolve()
         server = embedded_postgres(pgdata)
-        source = "embedded server (pgserver) in .course/pgserver"
+        source = f"embedded server (pgserver) in {display_path(pgdata)}"
     _ensure_database(server, database, source)
     url = server.set(database=database)
     return Backend(

@@ -107,8 +107,12 @@ class _Attempt:
         if count > self.budget:
             return CheckResult(
                 "over budget",
-                f"✗ Right result, but {count} statements: the "
-                f"budget is {self.budget}. Look for a loop that sends one statement per row.",
+                f"✗ Right result, but {count} statements: the budget is {self.budget}. "
+                + (
+                    "Look for a loop that sends one statement per row."
+                    if count > self.budget + 1
+                    else "Combine them into one statement (a join or a subquery)."
+                ),
                 **common,
             )
         banned = {

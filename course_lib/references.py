@@ -14,18 +14,22 @@ nothing away; a check compares a learner's result with it.
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func, select
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy import Connection, Engine, event, func, insert, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from .backends import Backend
 from .exercises import CheckResult, check
 from .models import Comment, User
 
-__all__ = ["check_comments_written", "comments_written", "rows_fetched"]
+__all__ = ["RowTally", "check_comments_written", "comments_written", "rows_fetched"]
 
 
 def comments_written(session: Session) -> dict[int, int]:
@@ -36,58 +40,210 @@ def comments_written(session: Session) -> dict[int, int]:
     return counts
 
 
+# ------------------------------------------------------------------ rows, at the driver
+
+
+@dataclass
+class RowTally:
+    """Rows the driver handed back while :func:`rows_fetched` listened, and the SQL sent."""
+
+    rows: int = 0
+    sql: list[str] = field(default_factory=list)
+
+
+class _CountingCursor:
+    """A DBAPI cursor that counts the rows its ``fetch*`` calls return (all else forwarded)."""
+
+    def __init__(self, cursor: Any, tally: RowTally):
+        self._cursor, self._tally = cursor, tally
+
+    def fetchone(self) -> Any:
+        row = self._cursor.fetchone()
+        self._tally.rows += row is not None
+        return row
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        rows = self._cursor.fetchmany(*args, **kwargs)
+        self._tally.rows += len(rows)
+        return rows
+
+    def fetchall(self) -> Any:
+        rows = self._cursor.fetchall()
+        self._tally.rows += len(rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        for row in self._cursor:
+            self._tally.rows += 1
+            yield row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
 @contextmanager
-def rows_fetched(session: Session) -> Iterator[list[int]]:
-    """Count the rows every statement run through ``session`` returns (``[total]``).
+def rows_fetched(target: Backend | Engine) -> Iterator[RowTally]:
+    """Count the rows every statement ``target`` runs returns, whatever API sent it.
 
-    It listens to the session's ``do_orm_execute`` event and buffers each result once
-    (``Result.freeze()``), so it sees ``execute``, ``scalars`` and lazy loads alike.
+    It hooks the driver level (``after_cursor_execute``): the execution's DBAPI cursor is
+    wrapped before SQLAlchemy builds the result from it, so ORM ``execute``/``scalars``,
+    lazy loads, Core ``connection.execute`` and ``exec_driver_sql`` are all counted, by the
+    rows actually fetched from the driver. (A :class:`Backend` means its sync engine.)
     """
-    total = [0]
+    tally = RowTally()
 
-    def count(state: ORMExecuteState) -> Any:
-        result = state.invoke_statement()
-        if getattr(result, "returns_rows", True) is False:  # DML without RETURNING
-            return result
-        frozen = result.freeze()
-        total[0] += len(frozen.data)
-        return frozen()
+    def wrap(_conn: Any, cursor: Any, sql: str, _params: Any, context: Any, _many: bool) -> None:
+        tally.sql.append(sql)
+        if context is not None and context.cursor is cursor:
+            context.cursor = _CountingCursor(cursor, tally)
 
-    event.listen(session, "do_orm_execute", count)
+    engines = [target.sync_engine] if isinstance(target, Backend) else [target]
+    for engine in engines:
+        event.listen(engine, "after_cursor_execute", wrap)
     try:
-        yield total
+        yield tally
     finally:
-        event.remove(session, "do_orm_execute", count)
+        for engine in engines:
+            event.remove(engine, "after_cursor_execute", wrap)
+
+
+#: Aggregates that pack many rows into one value: with them, "one row per user" could
+#: still carry every comment (``group_concat`` of the ids, counted in Python).
+PACKING = re.compile(
+    r"\b(group_concat|string_agg|array_agg|json_agg|jsonb_agg|json_group_array|"
+    r"json_group_object|json_object_agg|jsonb_object_agg|array)\s*\(",
+    re.IGNORECASE,
+)
+
+
+# ------------------------------------------------------------------ one transaction
+
+
+class _InOneTransaction(Backend):
+    """``db``'s database on new engines; every session joins one connection's transaction.
+
+    ``rollback_only``: a learner's ``session.commit()`` does not commit that transaction,
+    so whatever the check added is rolled back afterwards, whatever the function did.
+    """
+
+    def __init__(self, db: Backend):
+        super().__init__(db.name, db.sync_url, db.async_url, db.source, db.database, db.pgdata)
+        self.connection: Connection = self.sync_engine.connect()
+        self._session = sessionmaker(
+            bind=self.connection, join_transaction_mode="rollback_only", expire_on_commit=False
+        )
+
+    @property
+    def Session(self) -> sessionmaker:  # type: ignore[override]
+        return self._session
+
+
+@contextmanager
+def with_silent_user(db: Backend) -> Iterator[Backend]:
+    """``db`` plus one user who wrote no comment, in a transaction rolled back at the end.
+
+    Every user of the course data has written comments, so an inner join or ``count(*)``
+    over the outer join would give the right numbers there; with this user they do not.
+    """
+    probe = _InOneTransaction(db)
+    transaction = probe.connection.begin()
+    try:
+        probe.connection.execute(
+            insert(User).values(
+                name="Silent",
+                email=f"silent-{uuid.uuid4().hex[:12]}@example.invalid",
+                created_at=datetime(2026, 1, 1),
+            )
+        )
+        yield probe
+    finally:
+        if transaction.is_active:
+            transaction.rollback()
+        probe.connection.close()
+        probe.sync_engine.dispose()
+
+
+# ------------------------------------------------------------------ the check
 
 
 def check_comments_written(solution: Callable[[Session], Any], db: Backend) -> CheckResult:
     """Notebook 00's check: right result, one statement, no Comment objects, counted in SQL.
 
-    The last rule rejects fetching every comment row (as columns) and counting in Python:
-    at most one row per user may come back.
+    The learner's function and the reference run on ``db`` plus one user who wrote nothing
+    (added in a transaction, then rolled back), so users without comments must come back
+    with 0. "Counted in SQL": at most one row per user may come back, and no aggregate may
+    pack the comments into one value per user (``group_concat``, ``string_agg``, ...).
     """
-    fetched: list[int] = [0]
+    with with_silent_user(db) as probe:
+        tally = RowTally()
 
-    def counted(session: Session) -> Any:
-        with rows_fetched(session) as rows:
-            try:
-                return solution(session)
-            finally:
-                fetched[0] = rows[0]
+        def counted(session: Session) -> Any:
+            with rows_fetched(probe) as seen:
+                try:
+                    return solution(session)
+                finally:
+                    tally.rows, tally.sql = seen.rows, seen.sql
 
-    verdict = check(counted, db, reference=comments_written, budget=1, forbid_entities=(Comment,))
+        verdict = check(
+            counted, probe, reference=comments_written, budget=1, forbid_entities=(Comment,)
+        )
+        with probe.Session() as session:
+            users = session.scalar(select(func.count(User.id))) or 0
+    return _judge_rows(_explain(verdict), tally, users)
+
+
+#: Appended to a wrong result: the learner did not add that user, so say who did.
+SILENT_USER = (
+    " The check adds one user who wrote no comment (rolled back afterwards): that user "
+    "must come back with 0."
+)
+
+
+def _explain(verdict: CheckResult) -> CheckResult:
+    """Fit the generic messages to this exercise: the silent user, and 2 statements."""
+    if verdict.status == "wrong result":
+        verdict.message += SILENT_USER
+    elif verdict.status == "over budget" and (verdict.statements or 0) <= 3:
+        # a statement or two over is not a loop that sends one statement per row
+        verdict.message = (
+            f"✗ Right result, but {verdict.statements} statements: the budget is "
+            f"{verdict.budget}. Let one statement do it all: join users to comments, group "
+            "by user and count in SQL."
+        )
+    return verdict
+
+
+def _judge_rows(verdict: CheckResult, tally: RowTally, users: int) -> CheckResult:
     if not verdict.passed:
         return verdict
-    with db.Session() as session:
-        users = session.scalar(select(func.count(User.id))) or 0
-    if fetched[0] > users:
+    common = {
+        "statements": verdict.statements,
+        "budget": verdict.budget,
+        "entities": verdict.entities,
+    }
+    if verdict.statements == 0:
+        return CheckResult(
+            "unseen",
+            "✗ Right result, but no statement went through SQLAlchemy (a raw DBAPI cursor?): "
+            "run the query with session.execute, so the check can see it.",
+            **common,
+        )
+    packed = sorted({m.group(1).lower() for sql in tally.sql for m in PACKING.finditer(sql)})
+    if packed:
+        return CheckResult(
+            "packed rows",
+            f"✗ Right result in {verdict.statements} statement(s), but {', '.join(packed)} "
+            "packs every comment into one value per user, to count in Python: let the "
+            "database count (func.count and group_by).",
+            **common,
+        )
+    if tally.rows > users:
         return CheckResult(
             "too many rows",
-            f"✗ Right result in {verdict.statements} statement(s), but {fetched[0]:,} rows "
-            f"came back for {users:,} users: let the database count (func.count and "
-            "group_by), so one row per user travels, not one per comment.",
-            statements=verdict.statements,
-            budget=verdict.budget,
-            entities=verdict.entities,
+            f"✗ Right result in {verdict.statements} statement(s), but {tally.rows:,} rows "
+            f"came back for {users:,} users (one added by the check): let the database "
+            "count (func.count and group_by), so one row per user travels, not one per "
+            "comment.",
+            **common,
         )
     return verdict

@@ -51,7 +51,8 @@ class SettingsPicker:
 
     An untrusted or not-yet-run notebook shows only an output's ``text/plain``; for a bare
     ``VBox`` that is ``VBox(children=(Dropdown(...``. This wrapper keeps the widget view
-    and replaces the text with one sentence: what the cell is, and the choice in force.
+    and replaces the text with one sentence: what the cell is, and the choice that was in
+    force when the output was made (a saved output is the saver's choice, not the reader's).
     """
 
     def __init__(self, box: widgets.VBox):
@@ -65,7 +66,7 @@ class SettingsPicker:
     def __repr__(self) -> str:
         return (
             "Scale/backends picker: run this cell in JupyterLab to choose; "
-            f"current choice: {current_choice()}"
+            f"choice in force when this output was made: {current_choice()}"
         )
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
@@ -107,3 +108,45 @@ def settings_picker() -> SettingsPicker:
 
     save.on_click(on_save)
     return SettingsPicker(widgets.VBox([scale, backends, save, message]))
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def strip_widget_state(notebook: dict[str, Any]) -> bool:
+    """Drop saved widget state and widget views from a notebook (JSON); True if it changed.
+
+    A stored widget view draws "model not found" or dead drop-downs in a fresh clone; its
+    ``text/plain`` (one sentence, see :class:`SettingsPicker`) is what a reader should see.
+    """
+    changed = notebook.get("metadata", {}).pop("widgets", None) is not None
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            if WIDGET_VIEW in output.get("data", {}):
+                del output["data"][WIDGET_VIEW]
+                changed = True
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_lib.widgets strip notebooks/*.ipynb``: run after executing them."""
+    import json
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "strip":
+        print("usage: python -m course_lib.widgets strip NOTEBOOK...", file=sys.stderr)
+        return 2
+    for name in args[1:]:
+        path = Path(name)
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        if strip_widget_state(notebook):
+            text = json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+            path.write_text(text, encoding="utf-8")
+            print(f"stripped widget state: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
