@@ -33,11 +33,31 @@ def _all(held: Any) -> bool:
     return bool(held)
 
 
-def claim(text: str, held: Any, *, detail: Any = None) -> bool:
+#: Below this many rows, fixed costs hide most effects: no timing ranking is claimed.
+MIN_ROWS = 1_000
+
+
+def claim(
+    text: str,
+    held: Any,
+    *,
+    detail: Any = None,
+    rows: int | None = None,
+    min_rows: int = MIN_ROWS,
+) -> bool | None:
     """Assert that ``held`` is true everywhere; ``text`` is the claim as the prose states it.
 
-    ``detail`` (for example the ratios per backend) is shown when the claim fails.
+    ``detail`` (for example the ratios per backend) is shown when the claim fails. With
+    ``rows`` (how many rows the measurement moved), a claim on fewer than ``min_rows`` is
+    not made: one line says so and ``None`` is returned, so a notebook never asserts at the
+    ``tiny`` scale what only holds with real amounts of data.
+
+    >>> claim("more rows take longer", True, rows=60)
+    Not claimed with 60 rows (timing claims need at least 1,000): more rows take longer
     """
+    if rows is not None and rows < min_rows:
+        print(f"Not claimed with {rows:,} rows (timing claims need at least {min_rows:,}): {text}")
+        return None
     ok = _all(held)
     log = os.environ.get("COURSE_CLAIMS_LOG")
     if log:

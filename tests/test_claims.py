@@ -43,3 +43,18 @@ def test_claims_are_logged_and_record_only_does_not_raise(
         {"notebook": "01_x.ipynb", "claim": "fails", "held": False},
         {"notebook": "01_x.ipynb", "claim": "fails quietly", "held": False},
     ]
+
+
+def test_a_claim_on_too_few_rows_is_not_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At the tiny scale nothing is asserted or logged; one line says why."""
+    log = tmp_path / "claims.jsonl"
+    monkeypatch.setenv("COURSE_CLAIMS_LOG", str(log))
+    assert claim("keyset beats OFFSET", False, rows=60) is None
+    assert capsys.readouterr().out == (
+        "Not claimed with 60 rows (timing claims need at least 1,000): keyset beats OFFSET\n"
+    )
+    assert not log.exists()
+    with pytest.raises(ClaimFailed):
+        claim("keyset beats OFFSET", False, rows=50_000)
