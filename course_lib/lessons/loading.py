@@ -1,4 +1,4 @@
-"""Loading related objects (notebook 01): name the errors lazy loads raise; the exercise reference.
+"""Loading related objects (notebook 01): errors, rows transferred, the FK index, the exercise.
 
 A lazy load that cannot happen raises, and which error you get depends on the driver.
 :func:`error_names` runs each case on each backend and tabulates the error's name:
@@ -10,8 +10,12 @@ A lazy load that cannot happen raises, and which error you get depends on the dr
 >>> table.loc["divide by zero", "sqlite"]
 'ZeroDivisionError'
 
-The exercise reference :func:`reference_dealership_report` is written the N+1 way on
-purpose: it is obviously right, and the check measures how many statements it sends.
+:func:`transferred` re-runs the statements a loader sent and counts the rows and the text
+they carry back; :func:`create_author_index` adds the foreign-key index on a scratch copy;
+:func:`statements_or_scans` splits the N+1's gap into what the index removed and what is
+left. The exercise: :func:`reference_dealership_report` is written the N+1 way on purpose
+(it is obviously right), and :func:`check_dealership_report` is the one check the notebook
+and the tests use.
 """
 
 from __future__ import annotations
@@ -19,20 +23,45 @@ from __future__ import annotations
 import inspect
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import Index, MetaData, event, func, select
 from sqlalchemy.orm import Session, with_parent
+from sqlalchemy.schema import CreateIndex
 
 from ..backends import Backend
-from ..models import Car, Dealership
+from ..exercises import CheckResult, check
+from ..measure import count_statements, label_of
+from ..models import Car, Dealership, Post
 
-__all__ = ["RECENT_YEAR", "error_name", "error_names", "reference_dealership_report"]
+__all__ = [
+    "RECENT_YEAR",
+    "Transfer",
+    "check_dealership_report",
+    "count_each",
+    "create_author_index",
+    "default_chunksize",
+    "error_name",
+    "error_names",
+    "freed_on_error",
+    "objects_allowed",
+    "ratios",
+    "reference_dealership_report",
+    "sizes_up_to",
+    "statements_or_scans",
+    "transferred",
+    "year_after_last_car",
+]
 
 RECENT_YEAR = 2024
 """The dealership report lists cars of this model year or later."""
+
+
+# ------------------------------------------------------------------------ error names
 
 
 def _describe(error: BaseException) -> str:
@@ -93,6 +122,29 @@ def _release(error: BaseException | None) -> None:
             pending.append(orig)
 
 
+@contextmanager
+def freed_on_error() -> Iterator[None]:
+    """Re-raise an error from the block unchanged, after freeing what its frames hold.
+
+    When a lazy load raises ``MissingGreenlet`` under aiosqlite, the driver's cursor
+    coroutine is left un-awaited in a frame of the traceback; Python warns about it when it
+    is garbage-collected, cells later. Freed here, inside the block, it warns nowhere. Use
+    it inside ``cl.short_errors()`` in a cell meant to raise::
+
+        with cl.short_errors(), lesson.freed_on_error():
+            ...
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning
+        )
+        try:
+            yield
+        except Exception as error:
+            _release(error)
+            raise
+
+
 async def error_names(
     cases: dict[str, Callable[[Backend], Any]], backends: Backend | Sequence[Backend]
 ) -> pd.DataFrame:
@@ -110,12 +162,202 @@ async def error_names(
     return frame
 
 
-def reference_dealership_report(session: Session) -> list[tuple[str, list[int]]]:
-    """Notebook 01's exercise, the N+1 way: (name, sorted ids of its recent cars) per dealership.
+# ------------------------------------------------------------------- sizes and chunks
 
-    Dealerships come in id order, each with the ids of its cars of model year
-    :data:`RECENT_YEAR` or later (an empty list when it has none). One query for the
-    dealerships, then one more per dealership: 1 + N statements.
+
+def sizes_up_to(limit: int, ladder: Sequence[int] = (2, 20, 200)) -> list[int]:
+    """The ladder's sizes below ``limit``, then ``min(limit, top of the ladder)``.
+
+    The scaling chart's n: two decades where the data has that many parents, fewer where
+    it has not (the tiny scale's 12 users).
+
+    >>> sizes_up_to(200), sizes_up_to(2000), sizes_up_to(12)
+    ([2, 20, 200], [2, 20, 200], [2, 12])
+    """
+    top = min(limit, max(ladder))
+    return [n for n in ladder if n < top] + [top]
+
+
+def default_chunksize() -> int:
+    """How many keys ``selectinload`` puts in one IN statement when no ``chunksize`` is given.
+
+    SQLAlchemy keeps it in a private class attribute; reading it here keeps private names
+    out of the notebook. The notebook checks its meaning by counting statements.
+
+    >>> default_chunksize()
+    500
+    """
+    from sqlalchemy.orm.strategies import _SelectInLoader
+
+    return int(_SelectInLoader._chunksize)
+
+
+async def count_each(
+    strategies: Sequence[Callable[[Backend, int], Any]],
+    backends: Backend | Sequence[Backend],
+    n: int,
+) -> pd.DataFrame:
+    """Run each strategy ``fn(backend, n)`` once per backend and count its statements.
+
+    One row per (strategy, backend): strategy (its label), backend, n, statements. Counts
+    are deterministic, so a notebook prints them in a checked cell (``cl.table(frame,
+    values="statements")``), apart from the timings, which need many more runs.
+    """
+    rows = []
+    for db in [backends] if isinstance(backends, Backend) else list(backends):
+        for fn in strategies:
+            with count_statements(db) as log:
+                result = fn(db, n)
+                if inspect.isawaitable(result):
+                    await result
+            rows.append(
+                {"strategy": label_of(fn), "backend": db.name, "n": n, "statements": log.count}
+            )
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ rows transferred
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What the statements of one run brought back: rows and kB of text, per statement."""
+
+    rows: tuple[int, ...]
+    text_bytes: tuple[int, ...]
+
+    @property
+    def statements(self) -> int:
+        """How many statements were sent (and re-run)."""
+        return len(self.rows)
+
+    def as_row(self) -> dict[str, Any]:
+        """A table row: statements, rows per statement, total rows, kB of text in them."""
+        return {
+            "statements": self.statements,
+            "rows per statement": " + ".join(map(str, self.rows)),
+            "rows": sum(self.rows),
+            "text_kB": round(sum(self.text_bytes) / 1000, 1),
+        }
+
+
+def _text_bytes(rows: Sequence[Sequence[Any]]) -> int:
+    return sum(len(value.encode()) for row in rows for value in row if isinstance(value, str))
+
+
+def transferred(db: Backend, run: Callable[[], Any]) -> Transfer:
+    """Run ``run()`` (sync, on ``db.Session``), then re-run each statement it sent and count.
+
+    The driver is asked again, with the same SQL and parameters, and every row it returns
+    is counted, with the bytes of its text values (titles, bodies, comments): what crossed
+    from the database into Python, which a joined eager load repeats per child row.
+    Deterministic for a given dataset, so it can be checked.
+    """
+    sent: list[tuple[str, Any]] = []
+
+    def before(_conn: Any, _cur: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
+        sent.append((sql, params))
+
+    event.listen(db.sync_engine, "before_cursor_execute", before)
+    try:
+        run()
+    finally:
+        event.remove(db.sync_engine, "before_cursor_execute", before)
+    rows: list[int] = []
+    sizes: list[int] = []
+    with db.sync_engine.connect() as conn:
+        for sql, params in sent:
+            fetched = conn.exec_driver_sql(sql, params).fetchall()
+            rows.append(len(fetched))
+            sizes.append(_text_bytes(fetched))
+    return Transfer(tuple(rows), tuple(sizes))
+
+
+# --------------------------------------------------------------------- the FK index
+
+
+def create_author_index(db: Backend) -> str:
+    """Create ``ix_posts_author_id`` on ``posts.author_id`` in ``db`` and return its DDL.
+
+    Only for scratch copies: the shared dataset keeps its minimal indexes. The index is
+    declared on a copy of the table, so the course's metadata (which every build uses)
+    does not gain it. Planner statistics are refreshed afterwards.
+    """
+    posts = Post.__table__.to_metadata(MetaData())
+    index = Index("ix_posts_author_id", posts.c.author_id)
+    index.create(db.sync_engine)
+    with db.sync_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE")
+    return str(CreateIndex(index).compile(dialect=db.sync_engine.dialect)).strip()
+
+
+def statements_or_scans(
+    no_index: pd.DataFrame,
+    indexed: pd.DataFrame,
+    slow: Callable[..., Any] | str,
+    fast: Callable[..., Any] | str,
+) -> pd.DataFrame:
+    """Split ``slow``'s lead over ``fast`` into what the index removed and what is left.
+
+    Both frames time both strategies at the same n, without and with the foreign-key index.
+    The gap is ``slow - fast`` (ms). What the index took away is the scans; what remains
+    is the cost of the extra statements themselves. One row per backend (volatile).
+    """
+    slow_label, fast_label = (label_of(f) if callable(f) else f for f in (slow, fast))
+
+    def medians(frame: pd.DataFrame) -> pd.DataFrame:
+        wide = frame.pivot_table(index=["backend", "n"], columns="strategy", values="median_ms")
+        return wide[[slow_label, fast_label]]
+
+    before, after = medians(no_index), medians(indexed)
+    gap_before = before[slow_label] - before[fast_label]
+    gap_after = after[slow_label] - after[fast_label]
+    split = pd.DataFrame(
+        {
+            "ratio_no_index": before[slow_label] / before[fast_label],
+            "ratio_indexed": after[slow_label] / after[fast_label],
+            "gap_ms_no_index": gap_before,
+            "gap_ms_indexed": gap_after,
+            "scans_pct_of_gap": 100 * (gap_before - gap_after) / gap_before,
+            "statements_pct_of_gap": 100 * gap_after / gap_before,
+        }
+    )
+    return split.round(2).reset_index()
+
+
+def ratios(
+    frames: dict[str, pd.DataFrame],
+    slow: Callable[..., Any] | str,
+    fast: Callable[..., Any] | str,
+) -> pd.DataFrame:
+    """``slow`` / ``fast`` per backend (rows) for each labelled frame (columns), to 2 decimals.
+
+    A simulated run's backend label ("sqlite + simulated 1 ms/statement") counts as its
+    backend's, so local and simulated ratios line up in one row per backend.
+    """
+    slow_label, fast_label = (label_of(f) if callable(f) else f for f in (slow, fast))
+    columns = {}
+    for name, frame in frames.items():
+        medians = frame.assign(backend=frame["backend"].str.split(" + ", regex=False).str[0])
+        wide = medians.pivot_table(index="backend", columns="strategy", values="median_ms")
+        columns[name] = wide[slow_label] / wide[fast_label]
+    table = pd.DataFrame(columns).round(2)
+    table.index.name = "backend"
+    table.columns.name = f"{slow_label} / {fast_label}"
+    return table
+
+
+# ----------------------------------------------------------------------- the exercise
+
+
+def reference_dealership_report(
+    session: Session, since: int = RECENT_YEAR
+) -> list[tuple[str, list[int]]]:
+    """Notebook 01's exercise, the N+1 way: every dealership with the ids of its recent cars.
+
+    Dealerships come in id order, each as ``(name, ids)``: the ids of its cars of model year
+    ``since`` or later, most expensive first (equal prices: lower id first), and an empty
+    list when it has none. One query for the dealerships, then one per dealership: 1 + N.
 
     >>> from course_lib.data import dataset
     >>> with dataset("sqlite", "tiny").Session() as session:
@@ -125,8 +367,99 @@ def reference_dealership_report(session: Session) -> list[tuple[str, list[int]]]
     """
     report = []
     for dealership in session.scalars(select(Dealership).order_by(Dealership.id)):
-        recent = select(Car.id).where(
-            with_parent(dealership, Dealership.cars), Car.year >= RECENT_YEAR
+        recent = (
+            select(Car.id)
+            .where(with_parent(dealership, Dealership.cars), Car.year >= since)
+            .order_by(Car.price.desc(), Car.id)
         )
-        report.append((dealership.name, list(session.scalars(recent.order_by(Car.id)))))
+        report.append((dealership.name, list(session.scalars(recent))))
     return report
+
+
+def year_after_last_car(db: Backend) -> int:
+    """A model year no car has reached: with it, every dealership's list must be empty."""
+    with db.Session() as session:
+        return int(session.scalar(select(func.max(Car.year)))) + 1
+
+
+def objects_allowed(db: Backend, since: int = RECENT_YEAR) -> int:
+    """The most ORM objects a good answer builds: every dealership and its matching cars.
+
+    Derived from the data (counted now), so it holds at every scale. Loading all cars and
+    filtering in Python builds more; selecting columns builds none.
+    """
+    with db.Session() as session:
+        dealerships = session.scalar(select(func.count()).select_from(Dealership))
+        cars = session.scalar(select(func.count()).where(Car.year >= since))
+    return int(dealerships) + int(cars)
+
+
+def _why_wrong(result: Any, expected: list[tuple[str, list[int]]]) -> str:
+    """One line saying how a report differs from the reference."""
+    if not isinstance(result, list) or not all(
+        isinstance(item, tuple) and len(item) == 2 for item in result
+    ):
+        return "it must return a list of (name, list of car ids) tuples"
+    names = [name for name, _ in result]
+    wanted = [name for name, _ in expected]
+    if sorted(names) != sorted(wanted):
+        return (
+            f"it lists {len(names)} dealerships, the reference {len(wanted)}: every dealership "
+            "belongs in the report, with an empty list when no car matches (an inner join "
+            "drops them; use an outer join or a loader)"
+        )
+    if names != wanted:
+        return "the dealerships are not in id order"
+    pairs = list(zip(result, expected, strict=True))
+    if any(sorted(got) != sorted(want) for (_, got), (_, want) in pairs):
+        return "some dealerships have the wrong cars: check the model-year filter"
+    return "the right cars, in the wrong order: most expensive first, equal prices by id"
+
+
+def _judge(fn: Callable[[Session, int], Any], db: Backend, since: int, budget: int) -> CheckResult:
+    expected_box: list[Any] = []
+
+    def reference(session: Session) -> list[tuple[str, list[int]]]:
+        expected_box.append(reference_dealership_report(session, since))
+        return expected_box[-1]
+
+    verdict = check(
+        lambda session: fn(session, since),
+        db,
+        reference=reference,
+        budget=budget,
+        max_objects=objects_allowed(db, since),
+    )
+    if verdict.status == "wrong result":
+        with db.Session() as session:
+            result = fn(session, since)
+        why = _why_wrong(result, expected_box[-1])
+        verdict.message = f"✗ Wrong result with since={since}: {why}."
+    return verdict
+
+
+def check_dealership_report(
+    fn: Callable[[Session, int], Any], db: Backend, *, budget: int = 2
+) -> CheckResult:
+    """Judge ``fn(session, since)`` as notebook 01's exercise; the notebook and tests share it.
+
+    It runs twice: with ``since=RECENT_YEAR``, and with a year after every car (so every
+    dealership must be listed with an empty list). Each run must return the reference's
+    report, in at most ``budget`` statements, building at most :func:`objects_allowed`
+    ORM objects. An error raised by ``fn`` is reported, not raised. An untouched stub
+    gives "not attempted".
+    """
+    verdict: CheckResult | None = None
+    for since in (RECENT_YEAR, year_after_last_car(db)):
+        try:
+            verdict = _judge(fn, db, since, budget)
+        except Exception as error:  # the learner's code raised: say what, in one line
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _release(error)
+            return CheckResult(
+                "raised", f"✗ It raised {type(error).__name__}: {first[:200]}", budget=budget
+            )
+        if not verdict.passed:
+            return verdict
+    assert verdict is not None
+    return verdict
