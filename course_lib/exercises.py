@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.orm import Mapper
 
 from .backends import Backend
 from .measure import StatementLog, count_statements
-from .models import Base
 
 
 @dataclass
@@ -51,7 +51,7 @@ class CheckResult:
 
 @contextmanager
 def objects_built() -> Iterator[Counter[str]]:
-    """Count ORM objects built from rows (the ORM ``load`` event), by class name, in the block.
+    """Count ORM objects built from rows (the ``load`` event of every mapper), by class name.
 
     >>> with objects_built() as built:
     ...     pass
@@ -63,11 +63,12 @@ def objects_built() -> Iterator[Counter[str]]:
     def on_load(target: Any, _context: Any) -> None:
         loaded[type(target).__name__] += 1
 
-    event.listen(Base, "load", on_load, propagate=True)
+    # every mapper, not only the course's Base: a learner's own mapping counts too
+    event.listen(Mapper, "load", on_load)
     try:
         yield loaded
     finally:
-        event.remove(Base, "load", on_load)
+        event.remove(Mapper, "load", on_load)
 
 
 class _Attempt:

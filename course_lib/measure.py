@@ -419,14 +419,14 @@ def _next_number(number: int) -> int:
 
 
 class _Runs:
-    """The one timing plan both ``benchmark`` and ``abenchmark`` follow.
+    """The timing of one strategy, driven by :func:`_plan` (sync and async alike).
 
     1. ``warmup`` calls, discarded; then, unless ``number`` is given, blocks of 1, 2, 5, 10,
        ... calls (discarded too) until one lasts ``min_sample_s``: that many calls make a
        sample, so each sample is long enough for ``perf_counter`` to time well;
     2. ``repeats`` samples, timed with ``perf_counter``, with statements counted and
        garbage-collector pauses clocked. Unless ``collect=False``, everything alive is
-       collected once and frozen (``gc.freeze``), and each sample starts after a
+       collected once and frozen (:func:`_frozen`), and each sample starts after a
        ``gc.collect()`` of what the previous samples left: no sample pays for garbage made
        before it, and no collection walks the whole process between samples.
     """
@@ -457,23 +457,8 @@ class _Runs:
         self.statements: int | float | None = None
         self.last_call_s = 0.0
 
-    def calls(self) -> Iterator[tuple[int, Any]]:
-        """(calls in this block, block): warm-up blocks of one call, then the samples."""
-        if self.collect:
-            # Collect everything once, then freeze the survivors (the kernel's own objects
-            # included) into the permanent generation, before the warm-up: the collection
-            # before each sample then walks only what the strategy left behind (micro-
-            # seconds), instead of every object in the process, which evicts the CPU caches
-            # and made the next calls several times slower (measured: 0.16 ms -> 1.1 ms).
-            gc.collect()
-            gc.freeze()
-        try:
-            yield from self._blocks()
-        finally:
-            if self.collect:
-                gc.unfreeze()
-
-    def _blocks(self) -> Iterator[tuple[int, Any]]:
+    def preparation(self) -> Iterator[tuple[int, Any]]:
+        """(calls, block): the warm-up calls, then the calibration blocks (all discarded)."""
         for _ in range(self.warmup):
             yield 1, self._warmup(1)
         if self.number is None:
@@ -487,8 +472,10 @@ class _Runs:
                 number = _next_number(number)
                 yield number, self._warmup(number)
             self.number = number
-        for _ in range(self.repeats):
-            yield self.number, self._sample()
+
+    def sample(self) -> Any:
+        """One timed sample of ``number`` calls (the caller makes the calls inside it)."""
+        return self._sample()
 
     @contextmanager
     def _warmup(self, number: int) -> Iterator[None]:
@@ -519,6 +506,91 @@ class _Runs:
         return Timing(self.label, self.runs, self.statements, self.number or 1, self.gc)
 
 
+@contextmanager
+def _frozen(collect: bool) -> Iterator[None]:
+    """Collect everything once and freeze the survivors, for the length of a measurement.
+
+    Frozen objects (the kernel's own included) sit in the permanent generation, so the
+    ``gc.collect()`` before each sample walks only what the strategies left behind
+    (microseconds), instead of every object in the process: a full collection evicts the CPU
+    caches and made the next calls several times slower (measured: 0.16 ms -> 1.1 ms).
+    """
+    if collect:
+        gc.collect()
+        gc.freeze()
+    try:
+        yield
+    finally:
+        if collect:
+            gc.unfreeze()
+
+
+def _plan(runs: Sequence[_Runs]) -> Iterator[tuple[int, int, Any]]:
+    """(which run, calls, block): each run's preparation, then the samples, interleaved.
+
+    Sample i of every run is taken before sample i + 1 of any: a slow spell on a shared
+    machine then lands on all strategies alike, instead of on one strategy's whole timing,
+    so rankings hold under load.
+    """
+    for index, run in enumerate(runs):
+        for calls, block in run.preparation():
+            yield index, calls, block
+    for _ in range(max(run.repeats for run in runs)):
+        for index, run in enumerate(runs):
+            yield index, run.number or 1, run.sample()
+
+
+def _make_runs(labels: Sequence[str], target: Target | None, **timing: Any) -> list[_Runs]:
+    options = {"warmup": 1, "repeats": MIN_REPEATS, "number": None}
+    options.update(min_sample_s=MIN_SAMPLE_S, collect=True)
+    unknown = set(timing) - set(options)
+    if unknown:
+        raise TypeError(f"unknown timing option(s): {', '.join(sorted(unknown))}")
+    options.update(timing)
+    return [
+        _Runs(
+            label,
+            options["warmup"],
+            options["repeats"],
+            target,
+            number=options["number"],
+            min_sample_s=options["min_sample_s"],
+            collect=options["collect"],
+        )
+        for label in labels
+    ]
+
+
+def _run_all(
+    calls: Sequence[Callable[[], Any]], labels: Sequence[str], target: Target | None, **timing: Any
+) -> list[Timing]:
+    """Time several sync calls together (see :func:`_plan`)."""
+    runs = _make_runs(labels, target, **timing)
+    with _frozen(runs[0].collect):
+        for index, count, block in _plan(runs):
+            fn = calls[index]
+            with block:
+                for _ in range(count):
+                    fn()
+    return [run.result() for run in runs]
+
+
+async def _arun_all(
+    calls: Sequence[Callable[[], Any]], labels: Sequence[str], target: Target | None, **timing: Any
+) -> list[Timing]:
+    """Like :func:`_run_all`, awaiting each call that returns an awaitable."""
+    runs = _make_runs(labels, target, **timing)
+    with _frozen(runs[0].collect):
+        for index, count, block in _plan(runs):
+            fn = calls[index]
+            with block:
+                for _ in range(count):
+                    result = fn()
+                    if inspect.isawaitable(result):
+                        await result
+    return [run.result() for run in runs]
+
+
 def benchmark(
     fn: Callable[[], Any],
     *,
@@ -538,20 +610,9 @@ def benchmark(
     """
     if inspect.iscoroutinefunction(fn):
         raise TypeError("fn is a coroutine function: use `await abenchmark(fn, ...)`")
-    runs = _Runs(
-        label or label_of(fn),
-        warmup,
-        repeats,
-        target,
-        number=number,
-        min_sample_s=min_sample_s,
-        collect=collect,
-    )
-    for calls, block in runs.calls():
-        with block:
-            for _ in range(calls):
-                fn()
-    return runs.result()
+    options = dict(warmup=warmup, repeats=repeats, number=number)
+    options.update(min_sample_s=min_sample_s, collect=collect)
+    return _run_all([fn], [label or label_of(fn)], target, **options)[0]
 
 
 async def abenchmark(
@@ -566,22 +627,9 @@ async def abenchmark(
     collect: bool = True,
 ) -> Timing:
     """Like :func:`benchmark`, awaiting ``fn()`` when it returns an awaitable."""
-    runs = _Runs(
-        label or label_of(fn),
-        warmup,
-        repeats,
-        target,
-        number=number,
-        min_sample_s=min_sample_s,
-        collect=collect,
-    )
-    for calls, block in runs.calls():
-        with block:
-            for _ in range(calls):
-                result = fn()
-                if inspect.isawaitable(result):
-                    await result
-    return runs.result()
+    options = dict(warmup=warmup, repeats=repeats, number=number)
+    options.update(min_sample_s=min_sample_s, collect=collect)
+    return (await _arun_all([fn], [label or label_of(fn)], target, **options))[0]
 
 
 # ------------------------------------------------------------------------- comparisons
@@ -676,6 +724,14 @@ def _grid(
                 yield fn, db, n, (lambda fn=fn, db=db, n=n: fn(db, n))
 
 
+def _groups(grid: list[Any]) -> list[list[Any]]:
+    """The grid's rows grouped by (backend, n): the strategies timed together, interleaved."""
+    groups: dict[tuple[int, int], list[Any]] = {}
+    for item in grid:
+        groups.setdefault((id(item[1]), item[2]), []).append(item)
+    return list(groups.values())
+
+
 def _progress(total: int, title: str | None, enabled: bool) -> Any:
     """One progress line over the grid (off unless asked); see :mod:`course_lib.progress`."""
     return progress(total, title or "measuring", enabled=enabled, unit="measurements")
@@ -703,10 +759,13 @@ def scaling(
     rows = []
     grid = list(_grid(strategies, backends, ns))
     with _progress(len(grid), title, progress) as bar:
-        for fn, db, n, call in grid:
-            result = benchmark(call, target=db, label=label_of(fn), **timing)
-            rows.append(_row(fn, db, n, result, peak_memory(call) if memory else None))
-            bar.update()
+        for group in _groups(grid):
+            db = group[0][1]
+            labels = [label_of(fn) for fn, *_ in group]
+            results = _run_all([call for *_, call in group], labels, db, **timing)
+            for (fn, _db, n, call), result in zip(group, results, strict=True):
+                rows.append(_row(fn, db, n, result, peak_memory(call) if memory else None))
+                bar.update()
     return _frame(rows, title)
 
 
@@ -724,10 +783,14 @@ async def ascaling(
     rows = []
     grid = list(_grid(strategies, backends, ns))
     with _progress(len(grid), title, progress) as bar:
-        for fn, db, n, call in grid:
-            result = await abenchmark(call, target=db, label=label_of(fn), **timing)
-            rows.append(_row(fn, db, n, result, await apeak_memory(call) if memory else None))
-            bar.update()
+        for group in _groups(grid):
+            db = group[0][1]
+            labels = [label_of(fn) for fn, *_ in group]
+            results = await _arun_all([call for *_, call in group], labels, db, **timing)
+            for (fn, _db, n, call), result in zip(group, results, strict=True):
+                peak = await apeak_memory(call) if memory else None
+                rows.append(_row(fn, db, n, result, peak))
+                bar.update()
     return _frame(rows, title)
 
 

@@ -287,3 +287,24 @@ def test_max_parameters_rejects_a_multi_values_insert(sqlite_db: Backend, tmp_pa
     assert "carried 50 bind values (at most 10)" in verdict.message
     assert "executemany" in verdict.message
     assert check(executemany, scratch, expected=50, budget=2, max_parameters=10).passed
+
+
+def test_objects_built_counts_every_mapping_not_only_the_course_models(sqlite_db: Backend) -> None:
+    """A learner's own declarative base is counted too."""
+    from sqlalchemy import Column, Integer, MetaData, String, Table
+    from sqlalchemy.orm import registry
+
+    from course_lib.exercises import objects_built
+
+    class OwnUser:
+        pass
+
+    own = registry(metadata=MetaData())
+    table = Table(
+        "users", own.metadata, Column("id", Integer, primary_key=True), Column("name", String)
+    )
+    own.map_imperatively(OwnUser, table)
+
+    with sqlite_db.Session() as session, objects_built() as built:
+        session.scalars(select(OwnUser).limit(3)).all()
+    assert built["OwnUser"] == 3

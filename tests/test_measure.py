@@ -753,3 +753,21 @@ def test_scaling_with_memory_reports_peak_kib(sqlite_db: Backend) -> None:
     assert frame["peak_kib"].iloc[1] >= 1950
     plain = scaling([allocate], sqlite_db, [1], repeats=5)
     assert "peak_kib" not in plain
+
+
+def test_compare_interleaves_the_samples_of_its_strategies(sqlite_db: Backend) -> None:
+    """Sample i of every strategy comes before sample i + 1 of any: load hits all alike."""
+    order: list[str] = []
+
+    def first(db: Backend, n: int) -> None:
+        """first"""
+        order.append("a")
+
+    def second(db: Backend, n: int) -> None:
+        """second"""
+        order.append("b")
+
+    frame = compare([first, second], sqlite_db, n=1, repeats=5, number=1)
+    assert frame["strategy"].tolist() == ["first", "second"]
+    # preparation: a's warm-up and b's warm-up (number given: no calibration), then samples
+    assert order == ["a", "b"] + ["a", "b"] * 5
