@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Mapper
 
 from .backends import Backend
@@ -71,6 +71,80 @@ def objects_built() -> Iterator[Counter[str]]:
         event.remove(Mapper, "load", on_load)
 
 
+# ------------------------------------------------------------------ rows, at the driver
+
+
+@dataclass
+class RowTally:
+    """Rows the driver handed back while :func:`rows_fetched` listened, and the SQL sent."""
+
+    rows: int = 0
+    sql: list[str] = field(default_factory=list)
+
+
+class _CountingCursor:
+    """A DBAPI cursor that counts the rows its ``fetch*`` calls return (all else forwarded)."""
+
+    def __init__(self, cursor: Any, tally: RowTally):
+        self._cursor, self._tally = cursor, tally
+
+    def fetchone(self) -> Any:
+        row = self._cursor.fetchone()
+        self._tally.rows += row is not None
+        return row
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        rows = self._cursor.fetchmany(*args, **kwargs)
+        self._tally.rows += len(rows)
+        return rows
+
+    def fetchall(self) -> Any:
+        rows = self._cursor.fetchall()
+        self._tally.rows += len(rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        for row in self._cursor:
+            self._tally.rows += 1
+            yield row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+@contextmanager
+def rows_fetched(target: Backend | Engine) -> Iterator[RowTally]:
+    """Count the rows every statement ``target`` runs returns, whatever API sent it.
+
+    It hooks the driver level (``after_cursor_execute``): the execution's DBAPI cursor is
+    wrapped before SQLAlchemy builds the result from it, so ORM ``execute``/``scalars``,
+    lazy loads, Core ``connection.execute`` and ``exec_driver_sql`` are all counted, by the
+    rows actually fetched from the driver (a :class:`Backend`: both its engines, sync and async).
+    """
+    tally = RowTally()
+
+    def wrap(_conn: Any, cursor: Any, sql: str, _params: Any, context: Any, _many: bool) -> None:
+        tally.sql.append(sql)
+        if context is None:
+            return
+        current, inner = context.cursor, context.cursor
+        while isinstance(inner, _CountingCursor):  # nested tallies each count every row
+            inner = inner._cursor
+        if inner is cursor:
+            context.cursor = _CountingCursor(current, tally)
+
+    engines = (
+        [target.sync_engine, target.engine.sync_engine] if isinstance(target, Backend) else [target]
+    )
+    for engine in engines:
+        event.listen(engine, "after_cursor_execute", wrap)
+    try:
+        yield tally
+    finally:
+        for engine in engines:
+            event.remove(engine, "after_cursor_execute", wrap)
+
+
 class _Attempt:
     """Shared judging for :func:`check` and :func:`acheck`."""
 
@@ -82,10 +156,12 @@ class _Attempt:
         normalize: Callable[[Any], Any] | None,
         max_objects: int | None = None,
         max_parameters: int | None = None,
+        max_rows: int | None = None,
     ):
         self.expected, self.budget, self.forbid = expected, budget, forbid
         self.normalize = normalize or (lambda value: value)
         self.max_objects, self.max_parameters = max_objects, max_parameters
+        self.max_rows = max_rows
 
     def not_attempted(self) -> CheckResult:
         return CheckResult(
@@ -95,7 +171,9 @@ class _Attempt:
             budget=self.budget,
         )
 
-    def judge(self, result: Any, log: StatementLog, loaded: Counter[str]) -> CheckResult:
+    def judge(
+        self, result: Any, log: StatementLog, loaded: Counter[str], fetched: RowTally
+    ) -> CheckResult:
         count = log.count
         common = {"statements": count, "budget": self.budget, "entities": dict(loaded)}
         if self.normalize(result) != self.normalize(self.expected):
@@ -133,6 +211,14 @@ class _Attempt:
                 "too many objects",
                 f"✗ Right result and {count} statement(s), but it built {built} ORM objects "
                 f"(at most {self.max_objects}): filter and limit in SQL, not in Python.",
+                **common,
+            )
+        if self.max_rows is not None and fetched.rows > self.max_rows:
+            return CheckResult(
+                "too many rows",
+                f"✗ Right result and {count} statement(s), but {fetched.rows:,} rows came back "
+                f"from the database (at most {self.max_rows:,}): filter, sort and limit in SQL, "
+                "not in Python.",
                 **common,
             )
         widest = max((s.parameters for s in log.statements if s.style == "execute"), default=0)
@@ -181,6 +267,7 @@ def check(
     normalize: Callable[[Any], Any] | None = None,
     max_objects: int | None = None,
     max_parameters: int | None = None,
+    max_rows: int | None = None,
 ) -> CheckResult:
     """Run ``solution(session)`` on a fresh sync Session and judge it.
 
@@ -190,7 +277,9 @@ def check(
     before comparing (e.g. ``sorted``); ``max_objects`` the most ORM objects it may build
     (rejects "load everything, filter in Python"); ``max_parameters`` the most bind values one
     plainly executed statement may carry (rejects ``insert(...).values(rows)``; executemany
-    and insertmanyvalues batches are exempt, as the driver or SQLAlchemy pages them).
+    and insertmanyvalues batches are exempt, as the driver or SQLAlchemy pages them);
+    ``max_rows`` the most rows the database may hand back in all, counted at the driver
+    (rejects selecting columns of everything, then sorting and slicing in Python).
     """
     if inspect.iscoroutinefunction(solution):
         raise TypeError("solution is async: use `await acheck(...)`")
@@ -201,17 +290,19 @@ def check(
         normalize,
         max_objects,
         max_parameters,
+        max_rows,
     )
     with (
         backend.Session() as session,
         count_statements(backend) as log,
         objects_built() as loaded,
+        rows_fetched(backend) as fetched,
     ):
         try:
             result = solution(session)
         except NotImplementedError:
             return attempt.not_attempted()
-    return attempt.judge(result, log, loaded)
+    return attempt.judge(result, log, loaded, fetched)
 
 
 async def acheck(
@@ -225,6 +316,7 @@ async def acheck(
     normalize: Callable[[Any], Any] | None = None,
     max_objects: int | None = None,
     max_parameters: int | None = None,
+    max_rows: int | None = None,
 ) -> CheckResult:
     """Like :func:`check`, giving ``solution`` a fresh AsyncSession and awaiting it."""
     attempt = _Attempt(
@@ -234,13 +326,18 @@ async def acheck(
         normalize,
         max_objects,
         max_parameters,
+        max_rows,
     )
     async with backend.AsyncSession() as session:
-        with count_statements(backend) as log, objects_built() as loaded:
+        with (
+            count_statements(backend) as log,
+            objects_built() as loaded,
+            rows_fetched(backend) as fetched,
+        ):
             try:
                 result = solution(session)
                 if inspect.isawaitable(result):
                     result = await result
             except NotImplementedError:
                 return attempt.not_attempted()
-    return attempt.judge(result, log, loaded)
+    return attempt.judge(result, log, loaded, fetched)

@@ -18,15 +18,14 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, func, insert, select
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .backends import Backend
-from .exercises import CheckResult, check
+from .exercises import CheckResult, RowTally, check, rows_fetched
 from .models import Comment, User
 
 __all__ = ["RowTally", "check_comments_written", "comments_written", "rows_fetched"]
@@ -38,73 +37,6 @@ def comments_written(session: Session) -> dict[int, int]:
     for comment in session.scalars(select(Comment)):
         counts[comment.user_id] += 1
     return counts
-
-
-# ------------------------------------------------------------------ rows, at the driver
-
-
-@dataclass
-class RowTally:
-    """Rows the driver handed back while :func:`rows_fetched` listened, and the SQL sent."""
-
-    rows: int = 0
-    sql: list[str] = field(default_factory=list)
-
-
-class _CountingCursor:
-    """A DBAPI cursor that counts the rows its ``fetch*`` calls return (all else forwarded)."""
-
-    def __init__(self, cursor: Any, tally: RowTally):
-        self._cursor, self._tally = cursor, tally
-
-    def fetchone(self) -> Any:
-        row = self._cursor.fetchone()
-        self._tally.rows += row is not None
-        return row
-
-    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        rows = self._cursor.fetchmany(*args, **kwargs)
-        self._tally.rows += len(rows)
-        return rows
-
-    def fetchall(self) -> Any:
-        rows = self._cursor.fetchall()
-        self._tally.rows += len(rows)
-        return rows
-
-    def __iter__(self) -> Iterator[Any]:
-        for row in self._cursor:
-            self._tally.rows += 1
-            yield row
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cursor, name)
-
-
-@contextmanager
-def rows_fetched(target: Backend | Engine) -> Iterator[RowTally]:
-    """Count the rows every statement ``target`` runs returns, whatever API sent it.
-
-    It hooks the driver level (``after_cursor_execute``): the execution's DBAPI cursor is
-    wrapped before SQLAlchemy builds the result from it, so ORM ``execute``/``scalars``,
-    lazy loads, Core ``connection.execute`` and ``exec_driver_sql`` are all counted, by the
-    rows actually fetched from the driver. (A :class:`Backend` means its sync engine.)
-    """
-    tally = RowTally()
-
-    def wrap(_conn: Any, cursor: Any, sql: str, _params: Any, context: Any, _many: bool) -> None:
-        tally.sql.append(sql)
-        if context is not None and context.cursor is cursor:
-            context.cursor = _CountingCursor(cursor, tally)
-
-    engines = [target.sync_engine] if isinstance(target, Backend) else [target]
-    for engine in engines:
-        event.listen(engine, "after_cursor_execute", wrap)
-    try:
-        yield tally
-    finally:
-        for engine in engines:
-            event.remove(engine, "after_cursor_execute", wrap)
 
 
 #: Aggregates that pack many rows into one value: with them, "one row per user" could

@@ -308,3 +308,28 @@ def test_objects_built_counts_every_mapping_not_only_the_course_models(sqlite_db
     with sqlite_db.Session() as session, objects_built() as built:
         session.scalars(select(OwnUser).limit(3)).all()
     assert built["OwnUser"] == 3
+
+
+def test_max_rows_rejects_selecting_everything_and_slicing_in_python(any_db: Backend) -> None:
+    """Columns only, one statement, right answer: yet every car came back to pick three."""
+
+    def newest_three_in_python(session: Session) -> list[int]:
+        ids = session.scalars(select(Car.id)).all()
+        return sorted(ids, reverse=True)[:3]
+
+    def newest_three_in_sql(session: Session) -> list[int]:
+        return list(session.scalars(select(Car.id).order_by(Car.id.desc()).limit(3)))
+
+    async def async_in_python(session: Any) -> list[int]:
+        ids = (await session.scalars(select(Car.id))).all()
+        return sorted(ids, reverse=True)[:3]
+
+    expected = newest_three_in_sql
+    with any_db.Session() as session:
+        answer = expected(session)
+    verdict = check(newest_three_in_python, any_db, expected=answer, budget=1, max_rows=3)
+    assert verdict.status == "too many rows"
+    assert "60 rows came back from the database (at most 3)" in verdict.message
+    assert check(newest_three_in_sql, any_db, expected=answer, budget=1, max_rows=3).passed
+    verdict = _acheck(any_db, async_in_python, answer, budget=1, max_rows=3)
+    assert verdict.status == "too many rows"
