@@ -129,6 +129,8 @@ def rows_fetched(target: Backend | Engine) -> Iterator[RowTally]:
             return
         current, inner = context.cursor, context.cursor
         while isinstance(inner, _CountingCursor):  # nested tallies each count every row
+            if inner._tally is tally:  # one context, many batches (insertmanyvalues)
+                return
             inner = inner._cursor
         if inner is cursor:
             context.cursor = _CountingCursor(current, tally)
