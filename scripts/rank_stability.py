@@ -11,7 +11,9 @@ stable must leave the prose.
     python scripts/rank_stability.py --runs 3 --notebooks 01 03 --load 2
 
 ``--load N`` keeps N busy-looping processes running meanwhile (a loaded laptop). Notebooks
-run as they are (nothing is written back).
+run as they are (nothing is written back). ``--nbval`` runs each notebook under strict nbval
+instead (``pytest notebooks/NN_*.ipynb``: every checked output compared), so one command
+gives both the claims table and "strict nbval passed k of 5 runs".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,11 +62,35 @@ def _execute(path: Path, log: Path) -> str | None:
     return None
 
 
+def _nbval(path: Path, log: Path) -> str | None:
+    """Strict nbval on one notebook with claims logged; the summary line if it failed."""
+    env = dict(
+        os.environ,
+        COURSE_CLAIMS_LOG=str(log),
+        COURSE_CLAIMS_RECORD_ONLY="1",
+        COURSE_CLAIMS_NOTEBOOK=path.name,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    failed = [line for line in lines if line.startswith("FAILED")]
+    return "; ".join(failed) or (lines[-1] if lines else f"exit {done.returncode}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--notebooks", nargs="*", default=None, help="prefixes, e.g. 01 03")
     parser.add_argument("--load", type=int, default=0, help="busy processes to run meanwhile")
+    parser.add_argument("--nbval", action="store_true", help="strict nbval instead of nbclient")
     args = parser.parse_args(argv)
 
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -82,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                     log = Path(tmp) / f"{run}-{path.stem}.jsonl"
                     log.touch()
                     start = time.perf_counter()
-                    error = _execute(path, log)
+                    error = _nbval(path, log) if args.nbval else _execute(path, log)
                     seconds[path.name].append(time.perf_counter() - start)
                     if error:
                         failures.append(f"run {run} {path.name}: {error}")
@@ -108,10 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         count = sum(results)
         unstable += count < args.runs
         print(f"| {name[:2]} | {text} | {count}/{args.runs} |")
-    print("\n| notebook | run time, median (s) |")
-    print("|---|---:|")
+    print("\n| notebook | run time, median (s) | runs passed |")
+    print("|---|---:|---:|")
     for name, values in seconds.items():
-        print(f"| {name[:2]} | {sorted(values)[len(values) // 2]:.1f} |")
+        bad = sum(1 for f in failures if f" {name}: " in f)
+        median = sorted(values)[len(values) // 2]
+        print(f"| {name[:2]} | {median:.1f} | {args.runs - bad}/{args.runs} |")
     for failure in failures:
         print(f"FAILED {failure}")
     return 1 if unstable or failures else 0
