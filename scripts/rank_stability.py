@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         for proc in spinners:
             proc.terminate()
 
+    mode = "strict nbval" if args.nbval else "nbclient"
     print(
-        f"\n{args.runs} runs, COURSE_SCALE={os.environ.get('COURSE_SCALE', 'default')}, "
+        f"\n{args.runs} runs ({mode}), COURSE_SCALE={os.environ.get('COURSE_SCALE', 'default')}, "
         f"{args.load} busy processes\n"
     )
     print("| notebook | claim | held |")
