@@ -21,7 +21,8 @@ Machinery for notebook 04: :func:`cars_scratch` (a scratch copy of the cars with
 estimate), :func:`plans_side_by_side`, :func:`rows_scanned` and :func:`rows_stepped` (rows
 the engine steps through, on both backends), :func:`library_page` (the same pages through
 ``sqlakeyset``), and :func:`check_page` / :func:`acheck_page` (the exercise check, which
-rejects the naive answers the notebook warns about).
+rejects the naive answers the notebook warns about, on data made ready by
+:func:`prepare_check_data`: car 0, and gaps in the ids).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import sqlakeyset
 import sqlakeyset.asyncio
+import sqlakeyset.paging
 from IPython.display import Markdown
 from pandas.io.formats.style import Styler
 from sqlalchemy import (
@@ -63,7 +65,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from ..backends import Backend
-from ..claims import claim
 from ..course import Course
 from ..data import generate
 from ..exercises import CheckResult, acheck, check
@@ -109,6 +110,7 @@ __all__ = [
     "last_page_cursor",
     "library_page",
     "library_price_page",
+    "library_statement",
     "new_cars",
     "offset_count_page",
     "offset_page",
@@ -116,6 +118,7 @@ __all__ = [
     "page_depths",
     "pause_autovacuum",
     "plans_side_by_side",
+    "prepare_check_data",
     "price_offset_page",
     "price_page",
     "price_page_of",
@@ -123,7 +126,6 @@ __all__ = [
     "rows_scanned",
     "rows_stepped",
     "source",
-    "timing_claim",
     "walk",
     "walk_while_writing",
 ]
@@ -440,6 +442,7 @@ class WalkReport:
     skipped: int  # rows present for the whole walk that it never returned
     inserted: int
     inserted_seen: int
+    finished: bool = True  # False: stopped at max_pages, before the last page
     ids: list[int] = field(default_factory=list, repr=False)
 
     def row(self) -> dict[str, Any]:
@@ -484,19 +487,28 @@ def _label(fn: Callable[..., Any]) -> str:
 
 
 def walk_while_writing(
-    db: Backend, page: Callable[[Session, Any, int], Any], size: int, change: Change
+    db: Backend,
+    page: Callable[[Session, Any, int], Any],
+    size: int,
+    change: Change,
+    *,
+    max_pages: int = 10_000,
 ) -> WalkReport:
     """Walk every page of ``page``, running ``change(page)``'s statements between pages.
 
     Everything happens in one transaction that is rolled back, so ``db`` is left as it was.
+    A walk that reaches ``max_pages`` stops there and reports ``finished=False`` (with a
+    page size of 1, rows inserted after the cursor arrive as fast as they are read).
     """
     with db.Session() as session, session.begin():
         ids = select(Car.id)
         before = set(session.connection().scalars(ids))  # Core: no ORM work for 50,000 ids
-        walker = _Walker(size, None, 10_000)
+        walker = _Walker(size, None, max_pages)
+        finished = False
         while True:
             result = Page(*page(session, walker.cursor, size))
             if not walker.take(result):
+                finished = result.next_cursor is None
                 break
             for stmt, params in change(result):
                 session.execute(stmt, params)
@@ -512,6 +524,7 @@ def walk_while_writing(
         skipped=len((before & after) - set(counts)),
         inserted=len(inserted),
         inserted_seen=len(inserted & set(counts)),
+        finished=finished,
         ids=walker.ids,
     )
 
@@ -521,12 +534,14 @@ def compare_walks(
     pages: Sequence[Callable[[Session, Any, int], Any]],
     size: int,
     changes: Sequence[Change],
+    *,
+    max_pages: int = 10_000,
 ) -> pd.DataFrame:
     """One :func:`walk_while_writing` per change and page function: a table of reports."""
     rows = []
     for change in changes:
         for page in pages:
-            report = walk_while_writing(db, page, size, change)
+            report = walk_while_writing(db, page, size, change, max_pages=max_pages)
             rows.append({"backend": db.name, "change": change.__name__, **report.row()})
     return pd.DataFrame(rows)
 
@@ -736,7 +751,7 @@ def deep_page_strategies(
 
 
 TIMING_ROWS = 10_000
-"""Timing claims need at least this many cars: below it, a deep page is not deep at all."""
+"""Below this many cars PostgreSQL may rightly scan and sort rather than use an index."""
 
 
 def page_count(rows: int, size: int = SIZE) -> int:
@@ -757,19 +772,6 @@ def page_depths(pages: int) -> list[int]:
     ([1, 3], [1])
     """
     return sorted({*(10**e for e in range(9) if 10**e < pages), pages})
-
-
-def timing_claim(course: Course, text: str, held: Any, *, detail: Any = None) -> str:
-    """``cl.claim(text, held)`` when the scale has :data:`TIMING_ROWS` cars; else say why not.
-
-    At the tiny scale the deepest page skips 40 rows: every strategy costs the same fixed
-    overhead, and no timing ranking is true there. Returns the line to print.
-    """
-    cars = course.scale.cars
-    if cars < TIMING_ROWS:
-        return f"not claimed at {cars:,} cars (timing claims need {TIMING_ROWS:,}): {text}"
-    claim(text, held, detail=detail)
-    return f"held: {text}"
 
 
 def last_page_cursor(session: Session, size: int = SIZE) -> int:
@@ -848,6 +850,17 @@ async def alibrary_page(session: AsyncSession, cursor: int | None, size: int = S
     return _library_ids(page, size)
 
 
+def library_statement(db: Backend, cursor: int | None, size: int = SIZE) -> Select:
+    """The statement ``sqlakeyset.select_page`` sends for the page after ``cursor`` by id
+    (built by sqlakeyset's own ``prepare_paging``), e.g. for :func:`rows_stepped`."""
+    place = (cursor,) if cursor is not None else None
+    stmt = select(*SHOWN).order_by(Car.id)
+    prepared = sqlakeyset.paging.prepare_paging(
+        stmt, size, place, False, False, db.sync_engine.dialect
+    )
+    return prepared.select
+
+
 def library_price_page(session: Session, cursor: tuple[int, int] | None, size: int = SIZE) -> Page:
     """sqlakeyset.select_page by (price, id)"""
     stmt = select(*SHOWN).order_by(Car.price, Car.id)
@@ -911,30 +924,100 @@ def _fitting_size(rows_after_first: int, most: int = 250) -> int:
     return next(d for d in range(limit, 0, -1) if rows_after_first % d == 0)
 
 
+GAPS = (2, 3, 5, 8, 13)
+"""Car ids :func:`prepare_check_data` deletes: real ids have gaps (deleted rows)."""
+
+PROBE_SIZE = 3
+"""The check asks ``page(session, 0, PROBE_SIZE)`` directly: cursor 0 must not return car 0."""
+
+
+def prepare_check_data(db: Backend) -> None:
+    """Make ``db`` (a scratch copy) ready for the check: car 0 added, the cars in :data:`GAPS`
+    deleted (idempotent), so a page function that does arithmetic on ids fails."""
+    add_car_zero(db)
+    with db.Session.begin() as session:
+        session.execute(delete(Car).where(Car.id.in_(GAPS)))
+
+
+def _top_level(sql: str, word: str) -> list[int]:
+    """Positions of ``word`` (e.g. 'ORDER BY') outside any parentheses in ``sql``."""
+    found, depth = [], 0
+    pattern = re.compile(r"\(|\)|\b" + word.replace(" ", r"\s+") + r"\b", re.IGNORECASE)
+    for match in pattern.finditer(sql):
+        text = match.group(0)
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        elif depth == 0:
+            found.append(match.start())
+    return found
+
+
+def _bound(sql: str, params: Any, start: int, token: str) -> Any:
+    """The value of ``token`` (a literal or a placeholder at ``start`` in ``sql``), or None."""
+    token = token.split("::")[0].rstrip(";,)")
+    if token.isdigit():
+        return int(token)
+    if token == "?" and isinstance(params, tuple | list):
+        index = sql.count("?", 0, start)
+        return params[index] if index < len(params) else None
+    if (named := re.fullmatch(r"%\((\w+)\)s", token)) and isinstance(params, dict):
+        return params.get(named.group(1))
+    if (numbered := re.fullmatch(r"\$(\d+)", token)) and isinstance(params, tuple | list):
+        return params[int(numbered.group(1)) - 1]
+    return None
+
+
 _OFFSET = re.compile(r"\bOFFSET\s+(\S+)", re.IGNORECASE)
-_ORDER_BY = re.compile(r"\bORDER BY\s+(.+?)(?:\s+LIMIT\b|\s+OFFSET\b|\s+FETCH\b|$)", re.I | re.S)
+_LIMIT_COMMA = re.compile(r"\bLIMIT\s+[^\s,]+\s*,", re.IGNORECASE)
 
 
 def _uses_offset(sql: str, params: Any) -> bool:
-    """Whether a statement skips rows with OFFSET (SQLite's ``OFFSET ?`` bound to 0 does not)."""
-    found = _OFFSET.search(sql)
-    if found is None:
-        return False
-    value = found.group(1).rstrip(";")
-    if value.isdigit():
-        return int(value) != 0
-    if value == "?" and isinstance(params, tuple | list) and params:
-        return params[-1] != 0  # SQLite writes LIMIT ? OFFSET ?: the offset is the last value
-    return True  # a named or numbered placeholder: only written when the code asked for it
+    """Whether a statement skips rows with OFFSET (an OFFSET bound to 0 does not), or with
+    SQLite's ``LIMIT offset, count`` (an OFFSET without the keyword)."""
+    if _LIMIT_COMMA.search(sql):
+        return True
+    for found in _OFFSET.finditer(sql):
+        value = _bound(sql, params, found.start(1), found.group(1))
+        if value != 0:
+            return True
+    return False
+
+
+def _order_key(sql: str) -> tuple[bool, bool]:
+    """(ends with an id, descending) for the top-level ORDER BY of ``sql``.
+
+    The last ORDER BY term must be an ``id`` column (``cars.id``, ``cars_1.id``, ``id``) or
+    a label of one (``cars.id AS car_id ... ORDER BY car_id``).
+    """
+    positions = _top_level(sql, "ORDER BY")
+    if not positions:
+        return False, False
+    clause = re.split(r"\b(?:LIMIT|OFFSET|FETCH)\b", sql[positions[-1] + 8 :], flags=re.I)[0]
+    terms, depth, current = [], 0, ""
+    for char in clause:
+        depth += char == "("
+        depth -= char == ")"
+        if char == "," and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += char
+    words = (current or (terms[-1] if terms else "")).split()
+    if not words:
+        return False, False
+    name = words[0].strip('"').lower()
+    descending = len(words) > 1 and words[1].upper() == "DESC"
+    if name == "id" or name.endswith(".id") or name.endswith('."id"'):
+        return True, descending
+    label = re.search(r"(\S+)\s+AS\s+\"?" + re.escape(name) + r"\"?\b", sql, re.IGNORECASE)
+    return bool(label and label.group(1).lower().rstrip(",").endswith(".id")), descending
 
 
 def _ordered_by_id(sql: str) -> bool:
-    """Whether the ORDER BY ends with the unique key ``cars.id`` (a total, stable order)."""
-    found = _ORDER_BY.search(sql)
-    if found is None:
-        return False
-    last = found.group(1).split(",")[-1].split()
-    return bool(last) and last[0].lower() in ("cars.id", "id")
+    """Whether the top-level ORDER BY ends with the unique key (an id, or a label of one)."""
+    return _order_key(sql)[0]
 
 
 @contextmanager
@@ -955,107 +1038,298 @@ def _sql_with_values(db: Backend) -> Iterator[list[tuple[str, Any]]]:
             event.remove(engine, "after_cursor_execute", after)
 
 
+@dataclass
+class _Call:
+    """One request the check made: what it asked, what came back, the statements it ran."""
+
+    cursor: Any
+    size: int
+    ids: list[Any]
+    next_cursor: Any
+    statements: list[tuple[str, Any]]
+    fetched: list[list[Any]] = field(default_factory=list)  # first column, up to size + 2 rows
+
+
 @dataclass(frozen=True)
 class _Setup:
     """What a check of ``db`` expects, computed from the data before the attempt runs."""
 
-    walk: PageWalk
     expected: list[int]
-    budget: int
+    size: int  # walk A: a first request of 1 row, then this size (a full last page)
+    other: int  # walk B: three pages of another size (a hard-coded size fails one walk)
 
     @classmethod
     def of(cls, db: Backend) -> _Setup:
         with db.Session() as session:
             expected = PageWalk.reference(session)
-        if not expected or expected[0] != 0:
-            raise ValueError("the check needs a car with id 0: run lesson.add_car_zero(db) first")
-        walk = PageWalk(size=_fitting_size(len(expected) - 1), first=1)
-        return cls(walk, expected, walk.pages(len(expected)))
+        if not expected or expected[0] != 0 or set(GAPS) & set(expected):
+            raise ValueError(
+                "the check needs car 0 and gaps in the ids: run lesson.prepare_check_data(db) first"
+            )
+        size = _fitting_size(len(expected) - 1)
+        return cls(expected, size, size // 2 if size >= 4 else size + 1)
+
+    @property
+    def pages(self) -> int:
+        return PageWalk(size=self.size, first=1).pages(len(self.expected))
+
+    @property
+    def budget(self) -> int:
+        """One statement per request: walk A, three pages of walk B, the cursor-0 probe."""
+        return self.pages + 3 + 1
+
+    def answer(self) -> list[list[int]]:
+        return [self.expected, self.expected[: 3 * self.other], self.expected[1 : 1 + PROBE_SIZE]]
+
+    def page_after(self, cursor: Any, size: int) -> tuple[list[int], bool]:
+        """The right ids after ``cursor`` (an id, or None) and whether more cars follow."""
+        after = self.expected if cursor is None else [i for i in self.expected if i > cursor]
+        return after[:size], len(after) > size
+
+    def script(self) -> Any:
+        """The requests, as a generator: it yields (cursor, size) and is sent each result."""
+        answers = []
+        for size, first, most in ((self.size, 1, self.pages + 1), (self.other, None, 3)):
+            walker = _Walker(size, first, most)
+            while walker.take((yield walker.cursor, walker.next_size())):
+                pass
+            answers.append(walker.ids)
+        probe = yield 0, PROBE_SIZE
+        return [*answers, list(probe[0])]
 
 
-def _verdict(
-    setup: _Setup, result: CheckResult, walked: list[Any], seen: list[tuple[str, Any]]
-) -> CheckResult:
+def _fetch_sync(db: Backend, calls: list[_Call]) -> None:
+    """Run each recorded SELECT again (sync driver) and keep what it fetches."""
+    with db.sync_engine.connect() as conn:
+        for call in calls:
+            for sql, params in call.statements:
+                if _is_select(sql):
+                    try:
+                        rows = _first_column(conn.exec_driver_sql(sql, params), call.size)
+                    except Exception:  # a statement that cannot run again: judge it by the rest
+                        conn.rollback()
+                        rows = []
+                    call.fetched.append(rows)
+
+
+async def _fetch_async(db: Backend, calls: list[_Call]) -> None:
+    """Like :func:`_fetch_sync` on the async driver (its SQL and bind values)."""
+    async with db.engine.connect() as conn:
+        for call in calls:
+            for sql, params in call.statements:
+                if _is_select(sql):
+                    try:
+                        result = await conn.exec_driver_sql(sql, params)
+                        rows = _first_column(result, call.size)
+                    except Exception:  # a statement that cannot run again: judge it by the rest
+                        await conn.rollback()
+                        rows = []
+                    call.fetched.append(rows)
+
+
+def _is_select(sql: str) -> bool:
+    return sql.lstrip().upper().startswith(("SELECT", "WITH"))
+
+
+def _first_column(result: Any, size: int) -> list[Any]:
+    """The first column of up to ``size + 2`` rows: enough to see more than size + 1 came."""
+    rows = result.fetchmany(size + 2)
+    result.close()
+    return [row[0] for row in rows]
+
+
+def _what(sql: str) -> str:
+    low = sql.lower()
+    for needle, name in (("count(", "count(*)"), ("max(", "max(id)"), ("exists", "EXISTS")):
+        if needle in low:
+            return name
+    return "another SELECT"
+
+
+def _diagnose(setup: _Setup, calls: list[_Call]) -> tuple[str, str] | None:
+    """(status, why) for the first mistake the notebook warns about, or None."""
+    selects = [
+        (sql, params) for call in calls for sql, params in call.statements if _is_select(sql)
+    ]
+    if any(_uses_offset(sql, params) for sql, params in selects):
+        return "uses OFFSET", (
+            "It pages with OFFSET (or SQLite's LIMIT offset, count): page k makes the database "
+            "step through every row before it. Filter on the cursor instead: "
+            "WHERE cars.id > :cursor."
+        )
+    for number, call in enumerate(calls, 1):
+        if len(call.ids) > call.size:
+            return "wrong result", (
+                f"Request {number} asked for {call.size} ids and got {len(call.ids)}: return "
+                "only the first size rows. The extra row (size + 1) only says whether a next "
+                "page exists."
+            )
+        too_many = [rows for rows in call.fetched if len(rows) > call.size + 1]
+        if too_many:
+            return "fetches too much", (
+                f"Request {number} (a page of {call.size}) fetched more than {call.size + 1} rows "
+                "in one statement: filter and limit in SQL (WHERE cars.id > :cursor ... "
+                "LIMIT size + 1), never load more ids and slice them in Python."
+            )
+    page_sql = [
+        sql
+        for call in calls
+        if call.ids
+        for (sql, _), rows in zip(
+            [s for s in call.statements if _is_select(s[0])], call.fetched, strict=True
+        )
+        if set(call.ids) <= set(rows)
+    ]
+    for sql in page_sql:
+        by_id, descending = _order_key(sql)
+        if not by_id:
+            return "unstable order", (
+                "A page statement is not ordered by the unique key (ORDER BY ... cars.id): "
+                "without a total order the database may return rows in any order, so pages can "
+                "overlap or skip rows. End the ORDER BY with the id."
+            )
+        if descending:
+            return "wrong result", (
+                "The pages come in descending id order (ORDER BY ... DESC): the exercise pages "
+                "from the smallest id up (ascending, with WHERE cars.id > :cursor)."
+            )
+    repeats_cursor = any(c.cursor not in (None, 0) and c.cursor in c.ids for c in calls)
+    for number, call in enumerate(calls, 1):
+        expected, more = setup.page_after(call.cursor, call.size)
+        if call.ids != expected:
+            if call.cursor is not None and call.cursor in call.ids:
+                if repeats_cursor:
+                    return "wrong result", (
+                        f"The page after cursor {call.cursor} began with car {call.cursor} "
+                        "itself: `>=` repeats the last row of the previous page. "
+                        "Use WHERE cars.id > :cursor."
+                    )
+                return "wrong result", (
+                    "After cursor 0 the next page began again at the first row (car 0 came "
+                    "back): `if cursor:` treats 0 as no cursor. Test `cursor is not None`."
+                )
+            if call.ids == expected[: len(call.ids)]:
+                return "wrong result", (
+                    f"After cursor {call.cursor}, a page of {call.size} held {len(call.ids)} "
+                    "ids, though more cars follow: ids have gaps (deleted rows), so a range "
+                    "computed from the cursor (id <= cursor + size) comes up short. "
+                    "Use WHERE cars.id > :cursor ORDER BY cars.id LIMIT size + 1."
+                )
+            return "wrong result", (
+                f"After cursor {call.cursor}, a page of {call.size} returned "
+                f"{call.ids[:5]}... instead of {expected[:5]}...: the page must be the "
+                f"next {call.size} ids after the cursor, in id order."
+            )
+        if number == len(calls):
+            continue  # the cursor-0 probe: only its ids are judged
+        if call.next_cursor is None and more:
+            return "wrong result", (
+                f"The page after cursor {call.cursor} returned no next cursor, though more "
+                "cars follow: fetch size + 1 rows and hand out a cursor when the extra row came."
+            )
+        if call.next_cursor is not None and not more:
+            return "over budget", (
+                "Right rows, but the last page returned a next cursor, so the walk asked for "
+                "an empty page: fetch size + 1 rows and return None when no extra row came."
+            )
+        if call.next_cursor is not None and call.next_cursor != call.ids[-1]:
+            return "wrong cursor", (
+                f"The next cursor after a page ending with car {call.ids[-1]} was "
+                f"{call.next_cursor!r}: it must be the last id on the page (not the extra "
+                "row's id, nor a position: positions move when rows are inserted or deleted)."
+            )
+    crowded = [(n, call) for n, call in enumerate(calls, 1) if len(call.statements) > 1]
+    if crowded:
+        number, call = crowded[0]
+        extras = sorted({_what(sql) for sql, _ in call.statements if not _is_page(sql)}) or [
+            "another SELECT"
+        ]
+        return "over budget", (
+            f"Right rows, but {len(crowded)} of {len(calls)} page requests ran more than one "
+            f"statement (request {number}: {len(call.statements)}, with {', '.join(extras)}). "
+            "One page, one statement: the extra row of LIMIT size + 1 says whether a next page "
+            "exists, so no count(*), max(id) or EXISTS is needed. If the interface shows a "
+            "total, count once outside the page function."
+        )
+    return None
+
+
+def _is_page(sql: str) -> bool:
+    return _what(sql) == "another SELECT"
+
+
+def _verdict(setup: _Setup, result: CheckResult, calls: list[_Call]) -> CheckResult:
     """Explain why an attempt fails, in terms of the mistakes the notebook warns about."""
     if result.status == "not attempted":
         return result
-    selects = [(sql, params) for sql, params in seen if sql.lstrip().upper().startswith("SELECT")]
-
-    def fail(status: str, why: str) -> CheckResult:
+    found = _diagnose(setup, calls)
+    if found is not None:
+        status, why = found
         return replace(result, status=status, message=f"✗ {why}")
-
-    if any(_uses_offset(sql, params) for sql, params in selects):
-        return fail(
-            "uses OFFSET",
-            "It pages with OFFSET: page k makes the database step through every row before "
-            "it. Filter on the cursor instead: WHERE cars.id > :cursor.",
-        )
-    pages = [sql for sql, _ in selects if "count(" not in sql.lower()]
-    if any(not _ordered_by_id(sql) for sql in pages):
-        return fail(
-            "unstable order",
-            "A page statement is not ordered by the unique key (ORDER BY ... cars.id): without "
-            "a total order the database may return rows in any order, so pages can overlap "
-            "or skip rows. End the ORDER BY with the id.",
-        )
-    ids = walked[0] if walked else None
     if result.status == "wrong result":
-        if isinstance(ids, list) and len(ids) > 1 and ids[1] == ids[0] == 0:
-            return fail(
-                "wrong result",
-                "After cursor 0 the next page began again at the first row (car 0 came back): "
-                "`if cursor:` treats 0 as no cursor. Test `cursor is not None`.",
-            )
-        return result
-    if any("count(" in sql.lower() for sql, _ in selects):
-        return fail(
-            "over budget",
-            f"Right rows, but it ran count(*) ({result.statements} statements, budget "
-            f"{setup.budget}): a page does not need the total. Fetch size + 1 rows; the "
-            "extra row says whether a next page exists.",
-        )
-    if result.status == "over budget" and result.statements == setup.budget + 1:
-        return fail(
-            "over budget",
-            f"Right rows, but one request too many ({result.statements}, budget "
-            f"{setup.budget}): the last page returned a next cursor, so the walk asked for "
-            "an empty page. Fetch size + 1 rows and return None when no extra row came.",
-        )
+        return replace(result, message="✗ Wrong result: the walk did not return every car once.")
     return result
+
+
+def _record(calls: list[_Call], request: tuple[Any, int], result: Any, ran: list[Any]) -> None:
+    ids, next_cursor = result
+    calls.append(_Call(request[0], request[1], list(ids), next_cursor, list(ran)))
 
 
 def check_page(page: Callable[[Session, Any, int], Any], db: Backend) -> CheckResult:
     """The exercise check for a sync page function ``page(session, cursor, size)`` on ``db``.
 
-    It walks every page in id order (a first request of one row, so the second carries
-    cursor 0; then a page size that fills the last page exactly) and rejects: a wrong or
-    repeated row (``if cursor:``), OFFSET, an ORDER BY that does not end with the id,
-    ``count(*)`` per page, and a next cursor on the last page. Everything is derived from
-    the data in ``db``, which must hold car 0 (:func:`add_car_zero`).
+    Requests: a walk over every page (a first request of one row, so the second carries
+    cursor 0; then a page size that fills the last page exactly), three pages of another
+    size, and ``page(session, 0, 3)``. Each request must return the right ids (at most
+    ``size``) and the last id as the next cursor (None after the last page), in one
+    statement that fetches at most ``size + 1`` rows, ordered by the id, without OFFSET,
+    and no ``Car`` entities. ``db`` must be ready (:func:`prepare_check_data`): car 0, and
+    gaps in the ids.
     """
     setup = _Setup.of(db)
-    walked: list[Any] = []
-    solve = setup.walk.of(page)
+    calls: list[_Call] = []
 
     def attempt(session: Session) -> Any:
-        walked.append(solve(session))
-        return walked[-1]
+        script = setup.script()
+        request = next(script)
+        while True:
+            start = len(seen)
+            result = page(session, *request)
+            _record(calls, request, result, seen[start:])
+            try:
+                request = script.send(result)
+            except StopIteration as stop:
+                return stop.value
 
     with _sql_with_values(db) as seen:
-        result = check(attempt, db, expected=setup.expected, budget=setup.budget)
-    return _verdict(setup, result, walked, seen)
+        result = check(
+            attempt, db, expected=setup.answer(), budget=setup.budget, forbid_entities=(Car,)
+        )
+    _fetch_sync(db, calls)
+    return _verdict(setup, result, calls)
 
 
 async def acheck_page(page: Callable[..., Any], db: Backend) -> CheckResult:
     """Like :func:`check_page` for an ``async def page(session, cursor, size)``."""
     setup = _Setup.of(db)
-    walked: list[Any] = []
-    solve = setup.walk.of(page)
+    calls: list[_Call] = []
 
     async def attempt(session: AsyncSession) -> Any:
-        walked.append(await solve(session))
-        return walked[-1]
+        script = setup.script()
+        request = next(script)
+        while True:
+            start = len(seen)
+            result = await page(session, *request)
+            _record(calls, request, result, seen[start:])
+            try:
+                request = script.send(result)
+            except StopIteration as stop:
+                return stop.value
 
     with _sql_with_values(db) as seen:
-        result = await acheck(attempt, db, expected=setup.expected, budget=setup.budget)
-    return _verdict(setup, result, walked, seen)
+        result = await acheck(
+            attempt, db, expected=setup.answer(), budget=setup.budget, forbid_entities=(Car,)
+        )
+    await _fetch_async(db, calls)
+    return _verdict(setup, result, calls)

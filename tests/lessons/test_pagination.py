@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, insert, inspect, select, text
+from sqlalchemy.orm import Session, aliased
 
 from course_lib.backends import Backend
 from course_lib.data import reset_schema
@@ -154,7 +154,18 @@ def test_keyset_neither_skips_nor_repeats_while_rows_are_inserted(cars: Backend)
     # the walk sees those inserted after it and none of those inserted before
     assert report.inserted == 2 * (report.pages - 1)
     assert report.inserted_seen == report.inserted // 2
+    assert report.finished and report.returned == 61 + report.inserted_seen
     assert _count(cars) == 61  # the walk was rolled back
+
+
+def test_a_walk_of_size_one_under_inserts_stops_at_max_pages_and_says_so(cars: Backend) -> None:
+    # each page reads one row while one more lands after the cursor: it would never end
+    report = paging.walk_while_writing(
+        cars, paging.price_page, 1, paging.insert_before_and_after, max_pages=80
+    )
+    assert report.pages == 80 and not report.finished
+    done = paging.walk_while_writing(cars, paging.price_page, 5, paging.insert_before_and_after)
+    assert done.finished and done.pages < 10_000
 
 
 def test_offset_repeats_rows_when_rows_are_inserted_before_the_cursor(cars: Backend) -> None:
@@ -366,30 +377,164 @@ def test_deep_page_strategies_return_the_same_page(cars: Backend) -> None:
 # ------------------------------------------------- the notebook's check: check_page / acheck_page
 
 
+@pytest.fixture(scope="module", params=["sqlite_db", "pg_service"])
+def gappy(request: pytest.FixtureRequest, fresh_database: Any) -> Iterator[Backend]:
+    """The check's data: the tiny cars, plus car 0, minus the cars in GAPS (56 cars)."""
+    db = reset_schema(fresh_database(request.getfixturevalue(request.param), "pagination_gaps"))
+    paging.fill_cars(db, TINY)
+    paging.prepare_check_data(db)
+    paging.prepare_check_data(db)  # idempotent
+    yield db
+    db.sync_engine.dispose()
+
+
+def _keyset(
+    stmt: Any, cursor: int | None, size: int, ge: bool = False, truthy: bool = False
+) -> Any:
+    """``stmt`` after ``cursor`` (``>``, or ``>=``; the cursor tested for None, or for truth)."""
+    if bool(cursor) if truthy else cursor is not None:
+        stmt = stmt.where(Car.id >= cursor if ge else Car.id > cursor)
+    return stmt
+
+
+def _ids(session: Session, stmt: Any) -> list[int]:
+    return list(session.scalars(stmt))
+
+
 def _no_order(session: Session, cursor: int | None, size: int) -> paging.Page:
     """A keyset without ORDER BY: SQLite happens to return rowid order, so the rows look right."""
-    stmt = select(Car.id).limit(size + 1)
-    if cursor is not None:
-        stmt = stmt.where(Car.id > cursor)
-    ids = list(session.scalars(stmt))
-    page = ids[:size]
-    return paging.Page(page, page[-1] if len(ids) > size else None)
+    ids = _ids(session, _keyset(select(Car.id).limit(size + 1), cursor, size))
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
 
 
 def _non_unique_order(session: Session, cursor: int | None, size: int) -> paging.Page:
     """Ordered by price (not unique), with the id as the cursor."""
-    stmt = select(Car.id).order_by(Car.price).limit(size + 1)
-    if cursor is not None:
-        stmt = stmt.where(Car.id > cursor)
-    ids = list(session.scalars(stmt))
-    page = ids[:size]
-    return paging.Page(page, page[-1] if len(ids) > size else None)
+    ids = _ids(session, _keyset(select(Car.id).order_by(Car.price).limit(size + 1), cursor, size))
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
 
 
 def _count_every_page(session: Session, cursor: int | None, size: int) -> paging.Page:
     """A correct keyset that also runs count(*) for a "page N of M" footer."""
     session.scalar(select(func.count()).select_from(Car))
     return paging.keyset_page(session, cursor, size)
+
+
+_BY_ID = select(Car.id).order_by(Car.id)
+
+
+def _plus_one_returned(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Returns all size + 1 rows; the cursor is the last of them."""
+    ids = _ids(session, _keyset(_BY_ID.limit(size + 1), cursor, size))
+    return paging.Page(ids, ids[-1] if len(ids) > size else None)
+
+
+def _plus_one_returned_if_cursor(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Returns all size + 1 rows, and `if cursor:`."""
+    ids = _ids(session, _keyset(_BY_ID.limit(size + 1), cursor, size, truthy=True))
+    return paging.Page(ids, ids[-1] if len(ids) > size else None)
+
+
+def _if_cursor_ge_extra_row(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """`if cursor:` with `id >= cursor`, the next cursor being the extra row."""
+    ids = _ids(session, _keyset(_BY_ID.limit(size + 1), cursor, size, ge=True, truthy=True))
+    return paging.Page(ids[:size], ids[size] if len(ids) > size else None)
+
+
+def _if_cursor_size_20(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """`if cursor:` and a hard-coded page size of 20."""
+    ids = _ids(session, _keyset(_BY_ID.limit(21), cursor, 20, truthy=True))
+    return paging.Page(ids[:20], ids[19] if len(ids) > 20 else None)
+
+
+def _ge_last_id(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """`id >= cursor` with the last id as the cursor: repeats a row per page."""
+    ids = _ids(session, _keyset(_BY_ID.limit(size + 1), cursor, size, ge=True))
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+def _load_all_and_slice(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Every id on every page, sliced in Python."""
+    ids = [i for i in _ids(session, _BY_ID) if cursor is None or i > cursor]
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+def _no_limit(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """WHERE id > :cursor ORDER BY id with no LIMIT, sliced in Python."""
+    ids = _ids(session, _keyset(_BY_ID, cursor, size))
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+def _descending_reversed(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Every id in descending order, reversed in Python."""
+    ids = [i for i in reversed(_ids(session, select(Car.id).order_by(Car.id.desc())))]
+    ids = [i for i in ids if cursor is None or i > cursor]
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+def _entities(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """A correct keyset that loads full Car entities."""
+    cars = list(
+        session.scalars(_keyset(select(Car).order_by(Car.id).limit(size + 1), cursor, size))
+    )
+    ids = [car.id for car in cars]
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+def _id_arithmetic(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """WHERE id > c AND id <= c + size + 1: right only when ids have no gaps."""
+    c = -1 if cursor is None else cursor
+    ids = _ids(session, _BY_ID.where(Car.id > c, Car.id <= c + size + 1))
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+def _limit_comma(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """SQLite's LIMIT offset, count: an OFFSET without the keyword."""
+    offset = cursor or 0
+    stmt = text("SELECT id FROM cars ORDER BY id LIMIT :o, :n")
+    ids = [row[0] for row in session.execute(stmt, {"o": offset, "n": size + 1})]
+    return paging.Page(ids[:size], offset + size if len(ids) > size else None)
+
+
+def _row_number(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """ROW_NUMBER() over every row, the cursor a position."""
+    numbered = select(Car.id, func.row_number().over(order_by=Car.id).label("rn")).subquery()
+    offset = cursor or 0
+    stmt = select(numbered.c.id).where(numbered.c.rn > offset).order_by(numbered.c.id)
+    ids = _ids(session, stmt.limit(size + 1))
+    return paging.Page(ids[:size], offset + size if len(ids) > size else None)
+
+
+def _descending(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Descending ids with `id < cursor`."""
+    stmt = select(Car.id).order_by(Car.id.desc()).limit(size + 1)
+    ids = _ids(session, stmt if cursor is None else stmt.where(Car.id < cursor))
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+def _max_id_every_page(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """max(id) on every page, to know whether more follow."""
+    largest = session.scalar(select(func.max(Car.id)))
+    ids = _ids(session, _keyset(_BY_ID.limit(size), cursor, size))
+    return paging.Page(ids, ids[-1] if ids and ids[-1] < largest else None)
+
+
+def _exists_next(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """An exact page, then EXISTS for the next one."""
+    ids = _ids(session, _keyset(_BY_ID.limit(size), cursor, size))
+    more = bool(ids) and session.scalar(select(select(Car.id).where(Car.id > ids[-1]).exists()))
+    return paging.Page(ids, ids[-1] if more else None)
+
+
+def _count_once() -> Any:
+    cache: dict[str, int] = {}
+
+    def count_once(session: Session, cursor: int | None, size: int) -> paging.Page:
+        """count(*) once, cached; a correct keyset otherwise."""
+        if "n" not in cache:
+            cache["n"] = session.scalar(select(func.count()).select_from(Car))
+        return paging.keyset_page(session, cursor, size)
+
+    return count_once
 
 
 NAIVE = [
@@ -401,32 +546,100 @@ NAIVE = [
     (_no_order, "unstable order", "not ordered by the unique key"),
     (_non_unique_order, "unstable order", "not ordered by the unique key"),
     (_count_every_page, "over budget", "count(*)"),
+    (_plus_one_returned, "wrong result", "return only the first size rows"),
+    (_plus_one_returned_if_cursor, "wrong result", "return only the first size rows"),
+    (_if_cursor_ge_extra_row, "wrong cursor", "must be the last id on the page"),
+    (_if_cursor_size_20, "wrong result", "return only the first size rows"),
+    (_ge_last_id, "wrong result", "`>=` repeats the last row"),
+    (_load_all_and_slice, "fetches too much", "never load more ids and slice them in Python"),
+    (_no_limit, "fetches too much", "LIMIT size + 1"),
+    (_descending_reversed, "fetches too much", "slice them in Python"),
+    (_entities, "loaded entities", "loaded full ORM objects"),
+    (_id_arithmetic, "wrong result", "ids have gaps"),
+    (_row_number, "wrong cursor", "nor a position"),
+    (_descending, "wrong result", "descending id order"),
+    (_max_id_every_page, "over budget", "max(id)"),
+    (_exists_next, "over budget", "EXISTS"),
+    (_count_once(), "over budget", "count once outside the page function"),
 ]
+SQLITE_ONLY = [(_limit_comma, "uses OFFSET", "LIMIT offset, count")]
 
 
 @pytest.mark.parametrize(("page", "status", "why"), NAIVE, ids=[n[0].__name__ for n in NAIVE])
 def test_check_page_rejects_each_naive_answer_and_says_why(
-    cars: Backend, page: Any, status: str, why: str
+    gappy: Backend, page: Any, status: str, why: str
 ) -> None:
-    verdict = paging.check_page(page, cars)
+    if page.__name__ == "count_once":
+        page = _count_once()  # a fresh cache for each backend
+    verdict = paging.check_page(page, gappy)
     assert not verdict.passed
     assert verdict.status == status, verdict
     assert why in verdict.message, verdict
 
 
-def test_check_page_accepts_the_solution_and_the_library(cars: Backend) -> None:
-    for page in (paging.keyset_page, paging.library_page):
-        verdict = paging.check_page(page, cars)
-        assert verdict.passed, verdict
-        # 1 row, then 60 in pages of 20 (a size that fills the last page exactly)
-        assert verdict.statements == verdict.budget == 4
+@pytest.mark.parametrize(("page", "status", "why"), SQLITE_ONLY, ids=["limit_comma"])
+def test_check_page_rejects_sqlite_limit_comma(
+    gappy: Backend, page: Any, status: str, why: str
+) -> None:
+    if gappy.name != "sqlite":
+        pytest.skip("LIMIT offset, count is SQLite syntax")
+    verdict = paging.check_page(page, gappy)
+    assert verdict.status == status and why in verdict.message, verdict
 
 
-def test_check_page_says_not_attempted_for_the_stub(cars: Backend) -> None:
-    assert paging.check_page(_stub, cars).status == "not attempted"
+def _labelled(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Correct: ORDER BY a label of the id."""
+    car_id = Car.id.label("car_id")
+    ids = _ids(session, _keyset(select(car_id).order_by(car_id).limit(size + 1), cursor, size))
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
 
 
-def test_acheck_page_judges_async_page_functions(cars: Backend) -> None:
+def _aliased(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Correct: an aliased(Car)."""
+    car = aliased(Car)
+    stmt = select(car.id).order_by(car.id).limit(size + 1)
+    ids = _ids(session, stmt if cursor is None else stmt.where(car.id > cursor))
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+def _offset_zero(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Correct: a keyset with a harmless .offset(0)."""
+    ids = _ids(session, _keyset(_BY_ID.limit(size + 1).offset(0), cursor, size))
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+def _text_sql(session: Session, cursor: int | None, size: int) -> paging.Page:
+    """Correct: text() SQL with bound values, ORDER BY a bare id."""
+    if cursor is None:
+        rows = session.execute(text("SELECT id FROM cars ORDER BY id LIMIT :n"), {"n": size + 1})
+    else:
+        stmt = text("SELECT id FROM cars WHERE id > :c ORDER BY id LIMIT :n")
+        rows = session.execute(stmt, {"c": cursor, "n": size + 1})
+    ids = [row[0] for row in rows]
+    return paging.Page(ids[:size], ids[size - 1] if len(ids) > size else None)
+
+
+CORRECT = [paging.keyset_page, paging.library_page, _labelled, _aliased, _offset_zero, _text_sql]
+
+
+@pytest.mark.parametrize("page", CORRECT, ids=[p.__name__ for p in CORRECT])
+def test_check_page_accepts_correct_answers(gappy: Backend, page: Any) -> None:
+    verdict = paging.check_page(page, gappy)
+    assert verdict.passed, verdict
+    # 56 cars: 1 row, then 55 in pages of 11; 3 pages of 5; the cursor-0 probe
+    assert verdict.statements == verdict.budget == 6 + 3 + 1
+
+
+def test_check_page_says_not_attempted_for_the_stub(gappy: Backend) -> None:
+    assert paging.check_page(_stub, gappy).status == "not attempted"
+
+
+def test_acheck_page_judges_async_page_functions(gappy: Backend) -> None:
+    async def plus_one(session: Any, cursor: Any, size: int) -> paging.Page:
+        stmt = _keyset(_BY_ID.limit(size + 1), cursor, size)
+        ids = list((await session.scalars(stmt)).all())
+        return paging.Page(ids, ids[-1] if len(ids) > size else None)
+
     async def stub(session: Any, cursor: Any, size: int) -> paging.Page:
         raise NotImplementedError
 
@@ -437,19 +650,21 @@ def test_acheck_page_judges_async_page_functions(cars: Backend) -> None:
             paging.aguide_page,
             paging.aoffset_page,
             paging.aoffset_count_page,
+            plus_one,
             stub,
         )
-        return [await paging.acheck_page(page, cars) for page in pages]
+        return [await paging.acheck_page(page, gappy) for page in pages]
 
-    keyset, library, guide, offset, counted, stub_verdict = _arun(cars, verdicts)
+    keyset, library, guide, offset, counted, extra, stub_verdict = _arun(gappy, verdicts)
     assert keyset.passed and library.passed, (keyset, library)
     assert "`if cursor:`" in guide.message
     assert offset.status == counted.status == "uses OFFSET"
+    assert "return only the first size rows" in extra.message
     assert stub_verdict.status == "not attempted"
 
 
 def test_check_page_needs_car_zero(sqlite_db: Backend) -> None:
-    with pytest.raises(ValueError, match="add_car_zero"):
+    with pytest.raises(ValueError, match="prepare_check_data"):
         paging.check_page(paging.keyset_page, sqlite_db)  # the shared tiny dataset: ids 1..60
 
 
@@ -463,13 +678,34 @@ def test_fitting_size_fills_the_last_page() -> None:
 def test_offset_and_order_judges_read_sql_and_values() -> None:
     assert paging._uses_offset("SELECT cars.id FROM cars LIMIT ? OFFSET ?", (21, 40))
     assert not paging._uses_offset("SELECT cars.id FROM cars LIMIT ? OFFSET ?", (21, 0))
-    assert paging._uses_offset("SELECT cars.id FROM cars LIMIT $1 OFFSET $2", (21, 0))
+    assert not paging._uses_offset("SELECT cars.id FROM cars LIMIT $1 OFFSET $2", (21, 0))
     assert not paging._uses_offset("SELECT cars.id FROM cars WHERE cars.id > $1 LIMIT $2", (1, 2))
     assert paging._uses_offset("SELECT 1 FROM cars LIMIT 20 OFFSET 40", ())
     assert paging._ordered_by_id("SELECT cars.id FROM cars ORDER BY cars.price, cars.id LIMIT ?")
     assert paging._ordered_by_id("SELECT cars.id FROM cars ORDER BY cars.id ASC LIMIT ?")
     assert not paging._ordered_by_id("SELECT cars.id FROM cars ORDER BY cars.price LIMIT ?")
     assert not paging._ordered_by_id("SELECT cars.id FROM cars WHERE cars.id > ? LIMIT ?")
+    assert paging._uses_offset("SELECT id FROM cars ORDER BY id LIMIT ?, ?", (0, 21))
+    assert not paging._uses_offset(
+        "SELECT cars.id FROM cars LIMIT %(l)s OFFSET %(o)s", {"l": 2, "o": 0}
+    )
+    assert paging._uses_offset(
+        "SELECT cars.id FROM cars LIMIT %(l)s OFFSET %(o)s", {"l": 2, "o": 9}
+    )
+    assert not paging._uses_offset(
+        "SELECT cars.id FROM cars LIMIT $1::INTEGER OFFSET $2::INTEGER", (2, 0)
+    )
+    assert paging._ordered_by_id("SELECT cars.id AS car_id FROM cars ORDER BY car_id LIMIT ?")
+    assert paging._ordered_by_id("SELECT cars_1.id FROM cars AS cars_1 ORDER BY cars_1.id LIMIT ?")
+    assert paging._ordered_by_id("SELECT id FROM cars ORDER BY id LIMIT ?")
+    assert not paging._ordered_by_id(
+        "SELECT a.id FROM (SELECT cars.id, row_number() OVER (ORDER BY cars.id) AS rn "
+        "FROM cars) AS a LIMIT ?"
+    )
+    assert paging._order_key("SELECT cars.id FROM cars ORDER BY cars.id DESC LIMIT ?") == (
+        True,
+        True,
+    )
 
 
 # ------------------------------------------------------------- rows stepped, depths, library
@@ -520,17 +756,6 @@ def test_library_pages_match_the_hand_written_keyset(cars: Backend) -> None:
             assert paging.library_page(session, cursor, 7) == paging.keyset_page(session, cursor, 7)
         expected = paging.walk(paging.price_page, session, 6)
         assert paging.walk(paging.library_price_page, session, 6) == expected
-
-
-def test_timing_claim_is_made_only_at_scales_with_deep_pages() -> None:
-    from course_lib.course import Course
-
-    tiny = Course(TINY, [])
-    assert paging.timing_claim(tiny, "x is faster", False).startswith("not claimed at 60 cars")
-    small = Course(choose_scale("small"), [])
-    assert paging.timing_claim(small, "x is faster", True) == "held: x is faster"
-    with pytest.raises(AssertionError, match="x is faster"):
-        paging.timing_claim(small, "x is faster", False)
 
 
 def test_estimate_is_stale_after_a_commit_until_analyze(
