@@ -107,6 +107,14 @@ class StatementLog:
     """What :func:`count_statements` recorded, in the order the driver received it."""
 
     statements: list[Statement] = field(default_factory=list)
+    #: BEGIN, COMMIT and ROLLBACK seen (SQLAlchemy's transaction boundaries): each is one
+    #: more round trip to a networked server, even where SQLite's driver sends nothing
+    transactions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def round_trips(self) -> int:
+        """Statements plus transaction boundaries: what a network would charge for."""
+        return self.count + sum(self.transactions.values())
 
     @property
     def count(self) -> int:
@@ -192,16 +200,24 @@ def count_statements(target: Target) -> Iterator[StatementLog]:
             Statement(sql, len(params) if many else 1, many, elapsed, style, _width(params, many))
         )
 
+    def boundary(kind: str) -> Callable[..., None]:
+        def hook(*_args: Any) -> None:
+            log.transactions[kind] = log.transactions.get(kind, 0) + 1
+
+        return hook
+
+    hooks = [("before_cursor_execute", before), ("after_cursor_execute", after)]
+    hooks += [(name, boundary(name.upper())) for name in ("begin", "commit", "rollback")]
     engines = _sync_engines(target)
     for engine in engines:
-        event.listen(engine, "before_cursor_execute", before)
-        event.listen(engine, "after_cursor_execute", after)
+        for name, hook in hooks:
+            event.listen(engine, name, hook)
     try:
         yield log
     finally:
         for engine in engines:
-            event.remove(engine, "before_cursor_execute", before)
-            event.remove(engine, "after_cursor_execute", after)
+            for name, hook in hooks:
+                event.remove(engine, name, hook)
 
 
 # ------------------------------------------------------------------ simulated round trip
@@ -370,6 +386,8 @@ class Timing:
     statements: int | float | None = None
     number: int = 1
     gc_s: list[float] = field(default_factory=list)
+    #: statements plus BEGIN/COMMIT/ROLLBACK per call (what a network charges)
+    round_trips: int | float | None = None
 
     @property
     def median_s(self) -> float:
@@ -455,6 +473,7 @@ class _Runs:
         self.runs: list[float] = []
         self.gc: list[float] = []
         self.statements: int | float | None = None
+        self.round_trips: int | float | None = None
         self.last_call_s = 0.0
 
     def preparation(self) -> Iterator[tuple[int, Any]]:
@@ -499,11 +518,18 @@ class _Runs:
         self.runs.append(elapsed / number)
         self.gc.append(clock.seconds / number)
         if log is not None:  # the last sample: the steady state
-            per_call = log.count / number
-            self.statements = int(per_call) if per_call.is_integer() else per_call
+            self.statements = _per_call(log.count, number)
+            self.round_trips = _per_call(log.round_trips, number)
 
     def result(self) -> Timing:
-        return Timing(self.label, self.runs, self.statements, self.number or 1, self.gc)
+        return Timing(
+            self.label, self.runs, self.statements, self.number or 1, self.gc, self.round_trips
+        )
+
+
+def _per_call(total: int, number: int) -> int | float:
+    per_call = total / number
+    return int(per_call) if per_call.is_integer() else per_call
 
 
 @contextmanager
@@ -660,6 +686,7 @@ COLUMNS = [
     "q3_ms",
     "iqr_ms",
     "statements",
+    "round_trips",
     "calls_per_sample",
     "gc_ms",
     "simulated_ms",
@@ -701,6 +728,7 @@ def _row(
         "q3_ms": timing.q3_s * 1000,
         "iqr_ms": timing.spread_s * 1000,
         "statements": timing.statements,
+        "round_trips": timing.round_trips,
         "calls_per_sample": timing.number,
         "gc_ms": timing.gc_median_s * 1000,
         "simulated_ms": round_trip_ms(db),
@@ -848,7 +876,8 @@ def table(
 
 
 def added_latency(local: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
-    """What a simulated round trip added to each strategy: in total and per statement (ms).
+    """What a simulated round trip added to each strategy: in total, per statement and per
+    round trip (statements plus BEGIN/COMMIT/ROLLBACK, when the frames count them), in ms.
 
     Rows are matched on strategy, n and the backend's name (its label without the
     "+ simulated" suffix), so frames covering several backends line up correctly.
@@ -860,6 +889,10 @@ def added_latency(local: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
     joined["added_ms"] = joined["median_ms_simulated"] - joined["median_ms_local"]
     joined["statements"] = joined["statements_simulated"]
     joined["added_per_statement_ms"] = joined["added_ms"] / joined["statements"]
+    if "round_trips_simulated" in joined:
+        joined["round_trips"] = joined["round_trips_simulated"]
+        joined["added_per_round_trip_ms"] = joined["added_ms"] / joined["round_trips"]
+    extra = ["round_trips", "added_per_round_trip_ms"] if "round_trips" in joined else []
     return joined[
         [
             *keys,
@@ -868,6 +901,7 @@ def added_latency(local: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
             "median_ms_simulated",
             "added_ms",
             "added_per_statement_ms",
+            *extra,
         ]
     ]
 

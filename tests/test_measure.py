@@ -49,6 +49,7 @@ COLUMNS = [
     "q3_ms",
     "iqr_ms",
     "statements",
+    "round_trips",
     "calls_per_sample",
     "gc_ms",
     "simulated_ms",
@@ -771,3 +772,14 @@ def test_compare_interleaves_the_samples_of_its_strategies(sqlite_db: Backend) -
     assert frame["strategy"].tolist() == ["first", "second"]
     # preparation: a's warm-up and b's warm-up (number given: no calibration), then samples
     assert order == ["a", "b"] + ["a", "b"] * 5
+
+
+def test_round_trips_count_transaction_boundaries(any_db: Backend) -> None:
+    """Two statements in one session: BEGIN + 2 statements + ROLLBACK = 4 round trips."""
+    frame = compare([two_statements], any_db, n=1, repeats=5, number=1)
+    assert frame["statements"].tolist() == [2]
+    assert frame["round_trips"].tolist() == [4]
+    with count_statements(any_db) as log, any_db.sync_engine.begin() as conn:
+        conn.execute(text("select 1"))
+    assert log.transactions == {"BEGIN": 1, "COMMIT": 1}
+    assert log.round_trips == 3
