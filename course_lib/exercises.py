@@ -239,6 +239,17 @@ class _Attempt:
         )
 
 
+@contextmanager
+def _watched(backend: Backend) -> Iterator[tuple[StatementLog, Counter[str], RowTally]]:
+    """Everything a check judges, recorded while the learner's function runs."""
+    with (
+        count_statements(backend) as log,
+        objects_built() as loaded,
+        rows_fetched(backend) as fetched,
+    ):
+        yield log, loaded, fetched
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, list | tuple | set | dict):
         return f"{type(value).__name__} of {len(value)}"
@@ -294,12 +305,7 @@ def check(
         max_parameters,
         max_rows,
     )
-    with (
-        backend.Session() as session,
-        count_statements(backend) as log,
-        objects_built() as loaded,
-        rows_fetched(backend) as fetched,
-    ):
+    with backend.Session() as session, _watched(backend) as (log, loaded, fetched):
         try:
             result = solution(session)
         except NotImplementedError:
@@ -331,11 +337,7 @@ async def acheck(
         max_rows,
     )
     async with backend.AsyncSession() as session:
-        with (
-            count_statements(backend) as log,
-            objects_built() as loaded,
-            rows_fetched(backend) as fetched,
-        ):
+        with _watched(backend) as (log, loaded, fetched):
             try:
                 result = solution(session)
                 if inspect.isawaitable(result):
