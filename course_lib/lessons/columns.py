@@ -42,34 +42,28 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
-from sqlalchemy import Executable, select, text
+from sqlalchemy import Executable, event, insert, select, text
 from sqlalchemy.orm import Session
 
-from ..backends import Backend
-from ..claims import claim
+from ..backends import Backend, scratch_sibling
+from ..data import reset_schema
 from ..exercises import CheckResult, check, objects_built
-from ..measure import (
-    MIN_REPEATS,
-    Timing,
-    apeak_memory,
-    count_statements,
-    label_of,
-    peak_memory,
-    quartiles,
-)
+from ..measure import MIN_REPEATS, Timing, acompare, compare, label_of, quartiles
 from ..models import Post, User
 from ..plots import STYLE
 
 __all__ = [
     "ASYNCPG_PREFETCH",
-    "MIN_ROWS",
+    "LATEST",
+    "CheckData",
     "DriverFetches",
     "DriverQuery",
     "FirstRow",
+    "FullCollections",
     "atime_to_first_row",
     "before_first_row",
+    "check_data",
     "check_latest_posts",
-    "claim_with_rows",
     "cursor_table",
     "driver_rows",
     "live_objects",
@@ -85,20 +79,14 @@ __all__ = [
 FirstRow = Callable[[], None]
 Strategy = Callable[[Backend, int, FirstRow], Any]
 
-#: Rows SQLAlchemy's asyncpg adapter asks its portal for when its buffer runs dry
-#: (``AsyncAdapt_asyncpg_ss_cursor._buffer_rows`` in sqlalchemy/dialects/postgresql/asyncpg.py).
+#: Rows SQLAlchemy's asyncpg adapter asks its portal for whenever its buffer runs dry: the
+#: course's name for the literal ``fetch(50)`` in ``AsyncAdapt_asyncpg_ss_cursor._buffer_rows``
+#: (sqlalchemy/dialects/postgresql/asyncpg.py); SQLAlchemy itself gives it no name.
 ASYNCPG_PREFETCH = 50
 
-#: Fewer rows than this, and fixed costs (a connection, BEGIN, a compiled-cache lookup) hide
-#: the effects notebook 02 ranks: :func:`claim_with_rows` makes no claim below it.
-MIN_ROWS = 1000
-
-
-def _significant(value: float, digits: int = 4) -> float:
-    """``value`` to ``digits`` significant figures (the course's tables never show more)."""
-    if not value or value != value:
-        return value
-    return float(f"{value:.{digits}g}")
+#: How many posts the exercise's endpoint returns (the check asks for fewer on a scale with
+#: fewer than twice as many posts: see :func:`check_latest_posts`).
+LATEST = 50
 
 
 # ------------------------------------------------------------------ time to first row
@@ -115,102 +103,75 @@ class _Clock:
         if self.first is None:
             self.first = time.perf_counter()
 
-    def stop(self, label: str) -> tuple[float, float]:
-        end = time.perf_counter()
+    def stop(self, label: str) -> float:
         if self.first is None:
             raise RuntimeError(f"strategy {label!r} never called first_row()")
-        return self.first - self.start, end - self.start
+        return self.first - self.start
 
 
-class _GcTime:
-    """Seconds the garbage collector ran while installed in ``gc.callbacks``."""
+class _FirstRows:
+    """Wraps strategies ``fn(db, n, first_row)`` as the harness's ``fn(db, n)``, and keeps
+    each run's wait for its first row (:meth:`frame` keeps the samples' waits only)."""
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._start = 0.0
+    def __init__(self, warmup: int, repeats: int) -> None:
+        self.warmup, self.repeats = warmup, repeats
+        self.waits: dict[tuple[str, str], list[float]] = {}
 
-    def __call__(self, phase: str, _info: dict[str, int]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._start
+    def _keep(self, label: str, db: Backend, wait: float) -> None:
+        self.waits.setdefault((label, db.name), []).append(wait)
 
-    def __enter__(self) -> _GcTime:
-        gc.callbacks.append(self)
-        return self
+    def sync(self, fn: Strategy) -> Callable[[Backend, int], Any]:
+        label = label_of(fn)
 
-    def __exit__(self, *_exc: object) -> None:
-        gc.callbacks.remove(self)
+        def run(db: Backend, n: int) -> Any:
+            clock = _Clock()
+            result = fn(db, n, clock.first_row)
+            self._keep(label, db, clock.stop(label))
+            return result
 
+        run.__doc__ = label
+        return run
 
-class _Runs:
-    """The plan :func:`time_to_first_row` and :func:`atime_to_first_row` share.
+    def asynchronous(self, fn: Strategy) -> Callable[[Backend, int], Any]:
+        label = label_of(fn)
 
-    ``warmup`` runs are discarded; each of ``repeats`` samples is ONE run (a run to the
-    first row cannot be repeated back to back inside a sample), after ``gc.collect()``
-    unless ``collect`` is false, with the collector's pauses clocked.
-    """
+        async def run(db: Backend, n: int) -> Any:
+            clock = _Clock()
+            result = fn(db, n, clock.first_row)
+            if inspect.isawaitable(result):
+                result = await result
+            self._keep(label, db, clock.stop(label))
+            return result
 
-    def __init__(self, warmup: int, repeats: int, collect: bool) -> None:
-        if repeats < MIN_REPEATS:
-            raise ValueError(
-                f"repeats={repeats}: at least {MIN_REPEATS} samples are needed for quartiles"
-            )
-        if warmup < 1:
-            raise ValueError("warmup must be >= 1: the first run is never representative")
-        self.warmup, self.repeats, self.collect = warmup, repeats, collect
-        self.rows: list[dict[str, Any]] = []
+        run.__doc__ = label
+        return run
 
-    def plan(self) -> Iterator[bool]:
-        """One item per run: True for a kept sample (collected before, when asked)."""
-        for i in range(self.warmup + self.repeats):
-            kept = i >= self.warmup
-            if kept and self.collect:
-                gc.collect()
-            yield kept
-
-    def record(
-        self,
-        fn: Strategy,
-        db: Backend,
-        n: int,
-        runs: list[tuple[float, float, float]],
-        statements: int,
-        peak: int | None,
-    ) -> None:
-        firsts = [first * 1000 for first, _, _ in runs]
-        totals = [total * 1000 for _, total, _ in runs]
-        q1, median, q3 = quartiles(totals)
-        f1, first, f3 = quartiles(firsts)
-        row = {
-            "strategy": label_of(fn),
-            "backend": db.name,
-            "n": n,
-            "first_row_ms": first,
-            "first_row_q1_ms": f1,
-            "first_row_q3_ms": f3,
-            "median_ms": median,
-            "q1_ms": q1,
-            "q3_ms": q3,
-            "iqr_ms": q3 - q1,
-            "statements": statements,
-            "gc_ms": statistics.median(gc_s * 1000 for _, _, gc_s in runs),
-        }
-        if peak is not None:
-            row["peak_kib"] = peak / 1024
-        self.rows.append(
-            {k: _significant(v) if k.endswith(("_ms", "_kib")) else v for k, v in row.items()}
-        )
-
-    def frame(self, title: str | None, backends: list[Backend]) -> pd.DataFrame:
-        frame = pd.DataFrame(self.rows)
-        scales = sorted({db.database.removeprefix("course_") for db in backends})
-        frame.attrs.update(unit="ms", title=title, scales=scales)
+    def frame(self, timed: pd.DataFrame) -> pd.DataFrame:
+        """The harness's frame, with the first-row quartiles of the kept samples added."""
+        rows = []
+        for row in timed.to_dict("records"):
+            backend = str(row["backend"]).split(" + ", 1)[0]
+            # each strategy's runs, in order: warm-up, samples, then the untimed memory run
+            runs = self.waits[(row["strategy"], backend)]
+            waits = runs[self.warmup : self.warmup + self.repeats]
+            q1, median, q3 = (_significant(s * 1000) for s in quartiles(waits))
+            rows.append({"first_row_ms": median, "first_row_q1_ms": q1, "first_row_q3_ms": q3})
+        firsts = pd.DataFrame(rows, index=timed.index)
+        keep = [c for c in _TIMED_COLUMNS if c in timed]
+        frame = pd.concat([timed[["strategy", "backend", "n"]], firsts, timed[keep]], axis=1)
+        frame.attrs.update(timed.attrs)
         return frame
 
 
-def _as_list(backends: Backend | Sequence[Backend]) -> list[Backend]:
-    return [backends] if isinstance(backends, Backend) else list(backends)
+#: What :func:`time_to_first_row` keeps of the harness's frame, after the first-row columns.
+_TIMED_COLUMNS = ["median_ms", "q1_ms", "q3_ms", "iqr_ms", "statements", "gc_ms", "peak_kib"]
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant figures (the course's tables never show more)."""
+    if not value or value != value:
+        return value
+    return float(f"{value:.{digits}g}")
 
 
 def time_to_first_row(
@@ -226,30 +187,32 @@ def time_to_first_row(
 ) -> pd.DataFrame:
     """Time sync strategies ``fn(backend, n, first_row)``: to their first row, and in all.
 
-    One row per strategy and backend. ``first_row_ms`` (with ``first_row_q1_ms`` and
-    ``first_row_q3_ms``) is the wait for the first row, ``median_ms`` (``q1_ms``, ``q3_ms``,
-    ``iqr_ms``) the whole run, over ``repeats`` samples of one run each after ``warmup``
-    discarded runs, each after ``gc.collect()`` unless ``collect`` is false; ``gc_ms`` the
-    median collector time per run; ``statements`` is counted in the last run;
-    ``memory=True`` adds ``peak_kib`` from one extra, untimed tracemalloc run.
+    The course's harness (``cl.compare``) runs them, one run per sample (``number=1``: a run
+    to the first row cannot be repeated back to back inside a sample), with its warm-up, its
+    ``gc.collect()`` and ``gc.freeze()`` before the measurement and a ``gc.collect()`` before
+    each sample (unless ``collect`` is false), the strategies' samples interleaved. One row
+    per strategy and backend: ``first_row_ms`` (``first_row_q1_ms``, ``first_row_q3_ms``) is
+    the wait for the first row; ``median_ms`` (``q1_ms``, ``q3_ms``, ``iqr_ms``) the whole
+    run; ``statements`` and ``gc_ms`` as the harness reports them; ``memory=True`` adds
+    ``peak_kib`` from one extra, untimed tracemalloc run.
     """
-    runs = _Runs(warmup, repeats, collect)
-    dbs = _as_list(backends)
-    for db in dbs:
-        for fn in strategies:
-            if inspect.iscoroutinefunction(fn):
-                raise TypeError(f"{fn.__name__} is async: use `await atime_to_first_row(...)`")
-            times = []
-            for kept in runs.plan():
-                with count_statements(db) as log, _GcTime() as collector:
-                    clock = _Clock()
-                    fn(db, n, clock.first_row)
-                    first, total = clock.stop(label_of(fn))
-                if kept:
-                    times.append((first, total, collector.seconds))
-            peak = peak_memory(lambda fn=fn, db=db: fn(db, n, _ignore)) if memory else None
-            runs.record(fn, db, n, times, log.count, peak)
-    return runs.frame(title, dbs)
+    strategies = list(strategies)
+    for fn in strategies:
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(f"{fn.__name__} is async: use `await atime_to_first_row(...)`")
+    first = _FirstRows(warmup, repeats)
+    timed = compare(
+        [first.sync(fn) for fn in strategies],
+        backends,
+        n,
+        warmup=warmup,
+        repeats=repeats,
+        number=1,
+        collect=collect,
+        memory=memory,
+        title=title,
+    )
+    return first.frame(timed)
 
 
 async def atime_to_first_row(
@@ -264,29 +227,19 @@ async def atime_to_first_row(
     title: str | None = None,
 ) -> pd.DataFrame:
     """Like :func:`time_to_first_row`; strategies may be ``async def`` (they are awaited)."""
-    runs = _Runs(warmup, repeats, collect)
-    dbs = _as_list(backends)
-    for db in dbs:
-        for fn in strategies:
-            times = []
-            for kept in runs.plan():
-                with count_statements(db) as log, _GcTime() as collector:
-                    clock = _Clock()
-                    result = fn(db, n, clock.first_row)
-                    if inspect.isawaitable(result):
-                        await result
-                    first, total = clock.stop(label_of(fn))
-                if kept:
-                    times.append((first, total, collector.seconds))
-            peak = None
-            if memory:
-                peak = await apeak_memory(lambda fn=fn, db=db: fn(db, n, _ignore))
-            runs.record(fn, db, n, times, log.count, peak)
-    return runs.frame(title, dbs)
-
-
-def _ignore() -> None:
-    """The ``first_row`` callback of an untimed run."""
+    first = _FirstRows(warmup, repeats)
+    timed = await acompare(
+        [first.asynchronous(fn) for fn in strategies],
+        backends,
+        n,
+        warmup=warmup,
+        repeats=repeats,
+        number=1,
+        collect=collect,
+        memory=memory,
+        title=title,
+    )
+    return first.frame(timed)
 
 
 def ratios(
@@ -307,21 +260,6 @@ def ratios(
     picked = largest.set_index(["strategy", "backend", "n"])[list(measures)]
     result = picked.xs(names[0], level="strategy") / picked.xs(names[1], level="strategy")
     return result.rename(columns=lambda m: f"{m} ×").reset_index()
-
-
-def claim_with_rows(text: str, held: Any, *, rows: int, detail: Any = None) -> bool | None:
-    """``cl.claim(text, held)`` when the measurement read at least :data:`MIN_ROWS` rows.
-
-    Below that (scale ``tiny``), fixed costs hide the effect, so no claim is made and one
-    line says so: the notebook never asserts what it could not have measured.
-
-    >>> claim_with_rows("more rows take longer", True, rows=10)
-    Not claimed with 10 rows (a ranking needs at least 1,000): more rows take longer
-    """
-    if rows < MIN_ROWS:
-        print(f"Not claimed with {rows:,} rows (a ranking needs at least {MIN_ROWS:,}): {text}")
-        return None
-    return claim(text, held, detail=detail)
 
 
 # ------------------------------------------------------- what a result fetches, and when
@@ -486,10 +424,48 @@ def live_objects(count: int) -> list[list[Any]]:
     return [[] for _ in range(count)]
 
 
-def samples_table(timings: Mapping[str, Timing]) -> pd.DataFrame:
+class FullCollections:
+    """``fn()`` as a timed call that counts the full (generation-2) collections inside it.
+
+    The count is per call, through ``gc.callbacks`` installed for the call only, so the
+    harness's own ``gc.collect()`` between samples is never counted;
+    :meth:`in_samples` keeps the calls of a timing's samples (warm-up and calibration left
+    out: they come first).
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.per_call: list[int] = []
+
+    def _seen(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            self.per_call[-1] += 1
+
+    async def __call__(self) -> Any:
+        self.per_call.append(0)
+        gc.callbacks.append(self._seen)
+        try:
+            result = self.fn()
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            gc.callbacks.remove(self._seen)
+
+    def in_samples(self, timing: Timing) -> int:
+        """Full collections that ran inside the calls of ``timing``'s samples."""
+        calls = len(timing.runs_s) * timing.number
+        return sum(self.per_call[-calls:])
+
+
+def samples_table(
+    timings: Mapping[str, Timing], full: Mapping[str, FullCollections] | None = None
+) -> pd.DataFrame:
     """One row per timing: quartiles of its samples, the slowest, and the collector's pauses.
 
-    ``gc_ms`` is the median collector time per sample, ``gc_max_ms`` the longest.
+    ``gc_ms`` is the median collector time per sample, ``gc_max_ms`` the longest; with
+    ``full`` (the :class:`FullCollections` each timing ran), ``full_collections`` counts the
+    generation-2 collections inside its samples.
     """
     rows = {}
     for label, timing in timings.items():
@@ -506,6 +482,8 @@ def samples_table(timings: Mapping[str, Timing]) -> pd.DataFrame:
             "gc_ms": statistics.median(gcs),
             "gc_max_ms": max(gcs),
         }
+        if full is not None:
+            rows[label]["full_collections"] = full[label].in_samples(timing)
     frame = pd.DataFrame.from_dict(rows, orient="index")
     return frame.map(lambda v: _significant(v) if isinstance(v, float) else v)
 
@@ -581,53 +559,134 @@ def cursor_table(cases: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------ the exercise
 
-LATEST = 50
-"""How many posts the exercise's listing returns."""
 
-
-def reference_latest_posts(session: Session, limit: int = LATEST) -> list[dict[str, Any]]:
-    """Notebook 02: the ``limit`` latest posts as dicts of id, title and author (name).
+def reference_latest_posts(session: Session, n: int = LATEST) -> list[dict[str, Any]]:
+    """Notebook 02: the ``n`` latest posts as dicts of id, title and author (name).
 
     The obvious way: full Post entities (their bodies come along) and a lazy load of each
     author. Newest first; ties on ``created_at`` are broken by the higher id.
     """
-    query = select(Post).order_by(Post.created_at.desc(), Post.id.desc()).limit(limit)
+    query = select(Post).order_by(Post.created_at.desc(), Post.id.desc()).limit(n)
     return [
         {"id": post.id, "title": post.title, "author": post.author.name}
         for post in session.scalars(query)
     ]
 
 
-_BODY = re.compile(r"\bbody\b", re.IGNORECASE)
+@dataclass(frozen=True)
+class CheckData:
+    """Where :func:`check_latest_posts` judges: a scratch copy of the latest posts."""
+
+    db: Backend
+    #: posts the copy holds (the latest of the dataset, with their authors)
+    posts: int
+    #: posts the answer must return: min(LATEST, posts // 2)
+    n: int
+    #: ids of the posts that share one ``created_at`` across the n-th place, highest first
+    tied: tuple[int, ...]
 
 
-def check_latest_posts(solution: Callable[[Session], Any], db: Backend) -> CheckResult:
-    """Judge an answer to notebook 02's exercise: the listing, in one statement, no objects.
+_CHECK_DATA: dict[str, CheckData] = {}
 
-    It must return what :func:`reference_latest_posts` returns, in one statement, building no
-    ORM object at all (no ``Post``, no ``User``: a column select), and it must not select the
-    body it never returns. An answer that raises gets a verdict too (``with_only_columns``
-    mistaken for partial objects raises AttributeError on the first attribute).
+
+def check_data(db: Backend) -> CheckData:
+    """A scratch copy of ``db``'s latest ``2 * LATEST`` posts (fewer if the dataset has fewer)
+    and their authors, in which the posts ranked n - 1, n and n + 1 share one ``created_at``.
+
+    The answer must return ``n = min(LATEST, posts // 2)`` posts, so a LIMIT is needed (the
+    copy holds twice as many), and the tie across the n-th place makes the order's tie-break
+    decide which posts come back, and in what order. Made once per backend and process.
+    """
+    key = db.sync_url.render_as_string()
+    if key in _CHECK_DATA:
+        return _CHECK_DATA[key]
+    with db.Session() as session:
+        top = session.execute(
+            select(Post.__table__).order_by(Post.created_at.desc(), Post.id.desc())
+        ).fetchmany(2 * LATEST)
+        authors = {row.author_id for row in top}
+        users = session.execute(select(User.__table__).where(User.id.in_(authors))).all()
+    n = min(LATEST, len(top) // 2)
+    if n < 2:
+        raise RuntimeError(f"{db.name} holds {len(top)} posts: the check needs at least 4")
+    copy = reset_schema(scratch_sibling(db, "columns_check", db.database.removeprefix("course_")))
+    rows = [row._asdict() for row in top]
+    tie = rows[n - 1]["created_at"]
+    for row in rows[n - 2 : n + 1]:  # ranks n - 1, n, n + 1 (the last one falls outside)
+        row["created_at"] = tie
+    with copy.sync_engine.begin() as conn:
+        conn.execute(insert(User.__table__), [row._asdict() for row in users])
+        conn.execute(insert(Post.__table__), rows)
+    tied = tuple(sorted((row["id"] for row in rows[n - 2 : n + 1]), reverse=True))
+    data = CheckData(copy, len(rows), n, tied)
+    _CHECK_DATA[key] = data
+    return data
+
+
+def _is_body(column: Any) -> bool:
+    return any(
+        getattr(getattr(c, "table", None), "name", None) == Post.__tablename__
+        and getattr(c, "name", None) == "body"
+        for c in getattr(column, "proxy_set", ())
+    )
+
+
+@contextmanager
+def _selected_body(db: Backend) -> Iterator[list[bool]]:
+    """For each statement ``db``'s sync engine runs: did it SELECT ``posts.body``?
+
+    Judged on the statement's selected columns (a label of the body counts; the body used in
+    a WHERE or inside a function such as ``length()`` does not); for a ``text()`` statement,
+    on the names of the columns the cursor returns.
+    """
+    found: list[bool] = []
+
+    def after(_conn: Any, cursor: Any, _sql: str, _p: Any, context: Any, _many: bool) -> None:
+        statement = getattr(getattr(context, "compiled", None), "statement", None)
+        if statement is not None and hasattr(statement, "selected_columns"):
+            found.append(any(_is_body(c) for c in statement.selected_columns))
+        else:
+            names = [d[0].lower() for d in cursor.description or ()]
+            found.append("body" in names)
+
+    event.listen(db.sync_engine, "after_cursor_execute", after)
+    try:
+        yield found
+    finally:
+        event.remove(db.sync_engine, "after_cursor_execute", after)
+
+
+def check_latest_posts(solution: Callable[[Session, int], Any], db: Backend) -> CheckResult:
+    """Judge an answer ``solution(session, n)`` to notebook 02's exercise.
+
+    It runs on :func:`check_data` (a copy of ``db``'s latest posts with a tie across the n-th
+    place) and must return what :func:`reference_latest_posts` returns there, in one
+    statement, building no ORM object at all (a column select), with at most ``n`` rows
+    coming back from the database (sort and limit in SQL), and without selecting the body it
+    never returns. An answer that raises gets a verdict too (``with_only_columns`` mistaken
+    for partial objects raises AttributeError on the first attribute).
     """
     if inspect.iscoroutinefunction(solution):
         raise TypeError("write latest_posts as a plain def: the check gives it a sync Session")
-    sent: list[str] = []
+    data = check_data(db)
+    body: list[bool] = []
 
-    def watched(session: Session) -> Any:
-        with count_statements(db) as log:
+    def answer(session: Session) -> Any:
+        with _selected_body(data.db) as selected:
             try:
-                return solution(session)
+                return solution(session, data.n)
             finally:
-                sent.extend(log.sql)
+                body.extend(selected)
 
     try:
         verdict = check(
-            watched,
-            db,
-            reference=reference_latest_posts,
+            answer,
+            data.db,
+            reference=lambda session: reference_latest_posts(session, data.n),
             budget=1,
             forbid_entities=(Post, User),
             max_objects=0,
+            max_rows=data.n,
         )
     except Exception as error:  # the learner's code raised: say what, and the likely cause
         return CheckResult(
@@ -636,13 +695,24 @@ def check_latest_posts(solution: Callable[[Session], Any], db: Backend) -> Check
             "gives rows (and scalars() keeps only their first column), not Post objects.",
             budget=1,
         )
-    if verdict.passed and any(_BODY.search(sql) for sql in sent):
+    common = {
+        "statements": verdict.statements,
+        "budget": verdict.budget,
+        "entities": verdict.entities,
+    }
+    if verdict.status == "too many objects":  # objects of a mapping other than Post, User
+        built = ", ".join(f"{count} {name}" for name, count in verdict.entities.items())
+        return CheckResult(
+            "loaded entities",
+            f"✗ Right result and {verdict.statements} statement(s), but it built ORM objects "
+            f"({built}): the listing needs none, select columns.",
+            **common,
+        )
+    if verdict.passed and any(body):
         return CheckResult(
             "loaded the body",
             f"✗ Right result and {verdict.statements} statement(s), but it selected the post "
             "body, which the listing never returns: select only the columns it needs.",
-            statements=verdict.statements,
-            budget=verdict.budget,
-            entities=verdict.entities,
+            **common,
         )
     return verdict

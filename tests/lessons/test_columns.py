@@ -7,16 +7,16 @@ from __future__ import annotations
 import gc
 import warnings
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Integer, bindparam, func, select
+from sqlalchemy import Integer, Text, bindparam, func, select, text
 from sqlalchemy.exc import SAWarning
-from sqlalchemy.orm import Session, joinedload, load_only
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, joinedload, load_only, mapped_column
 
 from course_lib.backends import Backend
-from course_lib.claims import ClaimFailed
 from course_lib.lessons import columns as lesson
 from course_lib.measure import abenchmark, count_statements
 from course_lib.models import Comment, Post, User
@@ -96,17 +96,40 @@ def test_time_to_first_row_reports_each_strategy(sqlite_db: Backend) -> None:
     assert frame.attrs["scales"] == ["tiny"]
 
 
-def test_time_to_first_row_collects_before_each_sample(
+def test_time_to_first_row_runs_on_the_harness(
     sqlite_db: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    real = gc.collect
-    monkeypatch.setattr(gc, "collect", lambda *a: calls.append(1) or real(*a))
-    lesson.time_to_first_row([fetch_all], sqlite_db, 5, warmup=2, repeats=6, memory=False)
-    assert len(calls) == 6  # one per kept sample, none for the warm-up runs
+    calls: list[str] = []
+    real_collect, real_freeze = gc.collect, gc.freeze
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or real_collect(*a))
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze") or real_freeze())
+    frame = lesson.time_to_first_row(
+        [fetch_all, batches], sqlite_db, 5, warmup=2, repeats=6, memory=False
+    )
+    # one collect + freeze per measurement, then one collect per kept sample of each strategy
+    assert calls == ["collect", "freeze"] + ["collect"] * 12
+    assert (frame["first_row_ms"] <= frame["median_ms"] * 1.01).all()
     calls.clear()
     lesson.time_to_first_row([fetch_all], sqlite_db, 5, collect=False, memory=False)
     assert calls == []
+
+
+def test_time_to_first_row_interleaves_the_samples(sqlite_db: Backend) -> None:
+    order: list[str] = []
+
+    def a(db: Backend, n: int, first_row: Any) -> None:
+        """a"""
+        order.append("a")
+        first_row()
+
+    def b(db: Backend, n: int, first_row: Any) -> None:
+        """b"""
+        order.append("b")
+        first_row()
+
+    lesson.time_to_first_row([a, b], sqlite_db, 1, memory=True)
+    # warm-up of each, then the samples alternate; the untimed memory runs come last
+    assert order == ["a", "b"] + ["a", "b"] * 5 + ["a", "b"]
 
 
 def test_atime_to_first_row_mixes_sync_and_async(any_db: Backend) -> None:
@@ -158,14 +181,6 @@ def test_ratios_use_each_backends_largest_n() -> None:
     assert result.loc["b", "peak_kib ×"] == pytest.approx(4.0)
     only_time = lesson.ratios(frame, "slow", "fast", measures=["median_ms"])
     assert list(only_time.columns) == ["backend", "n", "median_ms ×"]
-
-
-def test_claims_need_enough_rows(capsys: pytest.CaptureFixture[str]) -> None:
-    assert lesson.claim_with_rows("a is faster", False, rows=lesson.MIN_ROWS - 1) is None
-    assert "Not claimed with 999 rows" in capsys.readouterr().out
-    assert lesson.claim_with_rows("a is faster", True, rows=lesson.MIN_ROWS) is True
-    with pytest.raises(ClaimFailed, match="a is faster"):
-        lesson.claim_with_rows("a is faster", pd.Series([True, False]), rows=10_000)
 
 
 # ------------------------------------------------------- what a result fetches, and when
@@ -275,6 +290,7 @@ def test_samples_table_reports_quartiles_and_pauses(sqlite_db: Backend) -> None:
     }
     table = lesson.samples_table(timings)
     assert table.index.tolist() == ["default", "off"]
+    assert "full_collections" not in table
     assert list(table.columns) == [
         "samples",
         "median_ms",
@@ -288,6 +304,16 @@ def test_samples_table_reports_quartiles_and_pauses(sqlite_db: Backend) -> None:
     assert (table["samples"] == 5).all()
     assert (table["q1_ms"] <= table["max_ms"]).all()
     assert len(lesson.samples_chart(timings, "demo").axes) == 2
+
+
+def test_full_collections_counts_only_inside_the_samples(sqlite_db: Backend) -> None:
+    counted = lesson.FullCollections(lambda: gc.collect(2))  # one full collection per call
+    timing = _run(sqlite_db, abenchmark(counted, repeats=5, number=1))
+    gc.collect()  # outside a call: not counted
+    assert counted.per_call == [1] * 6  # the warm-up call, then 5 samples
+    assert counted.in_samples(timing) == 5
+    table = lesson.samples_table({"x": timing}, {"x": counted})
+    assert table.loc["x", "full_collections"] == 5
 
 
 # ---------------------------------------------------------------- server-side cursors
@@ -348,74 +374,167 @@ def test_objects_built_counts_only_orm_objects(sqlite_db: Backend) -> None:
 
 NEWEST_FIRST = (Post.created_at.desc(), Post.id.desc())
 ANSWER_COLUMNS = (Post.id, Post.title, User.name.label("author"))
+LISTING_QUERY = select(*ANSWER_COLUMNS).join(Post.author).order_by(*NEWEST_FIRST)
 
 
-def stub(session: Session) -> list[dict]:
+class ListingBase(DeclarativeBase):
+    """Notebook 02's own declarative base (not the course's Base)."""
+
+
+class DeferredPost(ListingBase):
+    __tablename__ = "posts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    author_id: Mapped[int]
+    title: Mapped[str]
+    body: Mapped[str] = mapped_column(Text, deferred=True, deferred_raiseload=True)
+    created_at: Mapped[datetime]
+
+
+def stub(session: Session, n: int) -> list[dict]:
     raise NotImplementedError("your turn")
 
 
-def full_entities_joined(session: Session) -> list[dict]:
+def full_entities_joined(session: Session, n: int) -> list[dict]:
     """One statement, but full Post and User entities (bodies included)."""
-    query = select(Post).options(joinedload(Post.author)).order_by(*NEWEST_FIRST).limit(50)
+    query = select(Post).options(joinedload(Post.author)).order_by(*NEWEST_FIRST).limit(n)
     return [{"id": p.id, "title": p.title, "author": p.author.name} for p in session.scalars(query)]
 
 
-def partial_entities(session: Session) -> list[dict]:
+def partial_entities(session: Session, n: int) -> list[dict]:
     """One statement, partial entities: still Post and User objects."""
     query = (
         select(Post)
         .options(load_only(Post.id, Post.title), joinedload(Post.author).load_only(User.name))
         .order_by(*NEWEST_FIRST)
-        .limit(50)
+        .limit(n)
     )
     return [{"id": p.id, "title": p.title, "author": p.author.name} for p in session.scalars(query)]
 
 
-def with_only_columns_as_objects(session: Session) -> list[dict]:
+def own_mapping_entities(session: Session, n: int) -> list[dict]:
+    """Entities of the notebook's own DeferredPost mapping (another declarative base)."""
+    query = (
+        select(DeferredPost, User.name)
+        .join(User, User.id == DeferredPost.author_id)
+        .order_by(DeferredPost.created_at.desc(), DeferredPost.id.desc())
+        .limit(n)
+    )
+    return [{"id": p.id, "title": p.title, "author": name} for p, name in session.execute(query)]
+
+
+def with_only_columns_as_objects(session: Session, n: int) -> list[dict]:
     """The guide's idiom: with_only_columns read as if it gave partial Post objects."""
-    query = select(Post).with_only_columns(Post.id, Post.title).order_by(*NEWEST_FIRST).limit(50)
+    query = select(Post).with_only_columns(Post.id, Post.title).order_by(*NEWEST_FIRST).limit(n)
     return [{"id": p.id, "title": p.title, "author": "?"} for p in session.scalars(query)]
 
 
-def with_only_columns_without_join(session: Session) -> list[dict]:
+def with_only_columns_without_join(session: Session, n: int) -> list[dict]:
     """with_only_columns adding the author's name but no join: every post x every user."""
-    query = select(Post).with_only_columns(*ANSWER_COLUMNS).order_by(*NEWEST_FIRST).limit(50)
+    query = select(Post).with_only_columns(*ANSWER_COLUMNS).order_by(*NEWEST_FIRST).limit(n)
     return [dict(row._mapping) for row in session.execute(query)]
 
 
-def columns_with_body(session: Session) -> list[dict]:
+def columns_with_body(session: Session, n: int) -> list[dict]:
     """A column select that brings the 2 kB body along, then drops it."""
-    query = select(*ANSWER_COLUMNS, Post.body).join(Post.author).order_by(*NEWEST_FIRST).limit(50)
+    query = select(*ANSWER_COLUMNS, Post.body).join(Post.author).order_by(*NEWEST_FIRST).limit(n)
     return [{"id": r.id, "title": r.title, "author": r.author} for r in session.execute(query)]
 
 
-def oldest_first(session: Session) -> list[dict]:
-    """Columns only, but the wrong order."""
-    query = select(*ANSWER_COLUMNS).join(Post.author).order_by(Post.created_at, Post.id).limit(50)
+def whole_table_with_body(session: Session, n: int) -> list[dict]:
+    """Core: the posts table (every column, the body too) and the author's name."""
+    posts = Post.__table__
+    query = (
+        select(posts, User.name.label("author"))
+        .join(User, User.id == posts.c.author_id)
+        .order_by(posts.c.created_at.desc(), posts.c.id.desc())
+        .limit(n)
+    )
+    return [{"id": r.id, "title": r.title, "author": r.author} for r in session.execute(query)]
+
+
+def sort_and_slice_in_python(session: Session, n: int) -> list[dict]:
+    """Columns of every post, sorted and sliced in Python."""
+    query = select(Post.id, Post.title, Post.created_at, User.name).join(Post.author)
+    rows = sorted(session.execute(query), key=lambda r: (r.created_at, r.id), reverse=True)
+    return [{"id": r.id, "title": r.title, "author": r.name} for r in rows[:n]]
+
+
+def order_in_sql_slice_in_python(session: Session, n: int) -> list[dict]:
+    """The right ORDER BY, but no LIMIT: every row comes back, then rows[:n]."""
+    rows = session.execute(LISTING_QUERY).all()
+    return [dict(row._mapping) for row in rows[:n]]
+
+
+def no_tie_break(session: Session, n: int) -> list[dict]:
+    """Newest first by created_at only: posts with the same created_at in any order."""
+    query = select(*ANSWER_COLUMNS).join(Post.author).order_by(Post.created_at.desc()).limit(n)
     return [dict(row._mapping) for row in session.execute(query)]
 
 
-def two_statements(session: Session) -> list[dict]:
+def oldest_first(session: Session, n: int) -> list[dict]:
+    """Columns only, but the wrong order."""
+    query = select(*ANSWER_COLUMNS).join(Post.author).order_by(Post.created_at, Post.id).limit(n)
+    return [dict(row._mapping) for row in session.execute(query)]
+
+
+def two_statements(session: Session, n: int) -> list[dict]:
     """Columns only, but the authors in a second statement."""
     posts = session.execute(
-        select(Post.id, Post.title, Post.author_id).order_by(*NEWEST_FIRST).limit(50)
+        select(Post.id, Post.title, Post.author_id).order_by(*NEWEST_FIRST).limit(n)
     ).all()
     ids = {p.author_id for p in posts}
     names = dict(session.execute(select(User.id, User.name).where(User.id.in_(ids))).all())
     return [{"id": p.id, "title": p.title, "author": names[p.author_id]} for p in posts]
 
 
-def solution(session: Session) -> list[dict]:
+def solution(session: Session, n: int) -> list[dict]:
     """The notebook's solution: three columns, one join, one statement."""
-    query = select(*ANSWER_COLUMNS).join(Post.author).order_by(*NEWEST_FIRST).limit(50)
+    return [dict(row._mapping) for row in session.execute(LISTING_QUERY.limit(n))]
+
+
+def body_only_in_where(session: Session, n: int) -> list[dict]:
+    """Right: the body is used in the WHERE, never selected."""
+    query = LISTING_QUERY.where(func.length(Post.body) > 0).limit(n)
     return [dict(row._mapping) for row in session.execute(query)]
 
 
+def plain_sql(session: Session, n: int) -> list[dict]:
+    """Right: the same query as text() SQL, with n as a bound parameter."""
+    query = text(
+        "SELECT posts.id, posts.title, users.name AS author FROM posts "
+        "JOIN users ON users.id = posts.author_id "
+        "ORDER BY posts.created_at DESC, posts.id DESC LIMIT :n"
+    )
+    return [dict(row._mapping) for row in session.execute(query, {"n": n})]
+
+
+def _reference(any_db: Backend) -> list[dict]:
+    data = lesson.check_data(any_db)
+    with data.db.Session() as session:
+        return lesson.reference_latest_posts(session, data.n)
+
+
+def test_check_data_ties_across_the_nth_place(any_db: Backend) -> None:
+    data = lesson.check_data(any_db)
+    with any_db.Session() as session:
+        total = session.scalar(select(func.count()).select_from(Post))
+    assert data.posts == min(total, 2 * lesson.LATEST) and data.n == min(50, data.posts // 2)
+    with data.db.Session() as session:
+        ranked = session.execute(select(Post.id, Post.created_at).order_by(*NEWEST_FIRST)).all()
+    assert len(ranked) == data.posts
+    tied = ranked[data.n - 2 : data.n + 1]
+    assert len({r.created_at for r in tied}) == 1 and tuple(r.id for r in tied) == data.tied
+    assert ranked[data.n - 3].created_at > tied[0].created_at > ranked[data.n + 1].created_at
+    assert lesson.check_data(any_db) is data  # made once per process
+
+
 def test_reference_is_newest_first(sqlite_db: Backend) -> None:
-    with sqlite_db.Session() as session:
-        answer = lesson.reference_latest_posts(session)
+    answer = _reference(sqlite_db)
+    data = lesson.check_data(sqlite_db)
+    with data.db.Session() as session:
         dates = dict(session.execute(select(Post.id, Post.created_at)).all())
-    assert 0 < len(answer) <= lesson.LATEST
+    assert len(answer) == data.n
     assert set(answer[0]) == {"id", "title", "author"}
     keys = [(dates[row["id"]], row["id"]) for row in answer]
     assert keys == sorted(keys, reverse=True)
@@ -447,6 +566,14 @@ def test_check_rejects_entities_in_one_statement(any_db: Backend, naive: Any) ->
     assert verdict.entities["Post"] > 0 and verdict.entities["User"] > 0
 
 
+def test_check_rejects_entities_of_another_mapping(any_db: Backend) -> None:
+    verdict = lesson.check_latest_posts(own_mapping_entities, any_db)
+    assert verdict.status == "loaded entities", verdict
+    n = lesson.check_data(any_db).n
+    assert f"built ORM objects ({n} DeferredPost)" in verdict.message
+    assert "select columns" in verdict.message
+
+
 def test_check_rejects_with_only_columns_read_as_objects(any_db: Backend) -> None:
     verdict = lesson.check_latest_posts(with_only_columns_as_objects, any_db)
     assert verdict.status == "raised", verdict
@@ -462,29 +589,43 @@ def test_check_rejects_with_only_columns_without_a_join(any_db: Backend) -> None
     assert "differs from the reference" in verdict.message
 
 
-def test_check_rejects_loading_the_body(any_db: Backend) -> None:
-    verdict = lesson.check_latest_posts(columns_with_body, any_db)
+@pytest.mark.parametrize("naive", [columns_with_body, whole_table_with_body])
+def test_check_rejects_selecting_the_body(any_db: Backend, naive: Any) -> None:
+    verdict = lesson.check_latest_posts(naive, any_db)
     assert verdict.status == "loaded the body", verdict
     assert "selected the post body" in verdict.message
     assert verdict.statements == 1 and verdict.entities == {}
 
 
-def test_check_rejects_a_wrong_order(any_db: Backend) -> None:
-    verdict = lesson.check_latest_posts(oldest_first, any_db)
-    assert verdict.status == "wrong result"
+@pytest.mark.parametrize("naive", [sort_and_slice_in_python, order_in_sql_slice_in_python])
+def test_check_rejects_sorting_or_slicing_in_python(any_db: Backend, naive: Any) -> None:
+    verdict = lesson.check_latest_posts(naive, any_db)
+    data = lesson.check_data(any_db)
+    assert verdict.status == "too many rows", verdict
+    assert f"{data.posts:,} rows came back from the database (at most {data.n:,})" in (
+        verdict.message
+    )
+    assert "filter, sort and limit in SQL" in verdict.message
+
+
+@pytest.mark.parametrize("naive", [no_tie_break, oldest_first])
+def test_check_rejects_a_wrong_order(any_db: Backend, naive: Any) -> None:
+    verdict = lesson.check_latest_posts(naive, any_db)
+    assert verdict.status == "wrong result", verdict
     assert "differs from the reference" in verdict.message
 
 
 def test_check_refuses_an_async_answer(sqlite_db: Backend) -> None:
-    async def latest_posts(session: Any) -> list[dict]:
+    async def latest_posts(session: Any, n: int) -> list[dict]:
         return []
 
     with pytest.raises(TypeError, match="plain def"):
         lesson.check_latest_posts(latest_posts, sqlite_db)
 
 
-def test_check_accepts_the_solution(any_db: Backend) -> None:
-    verdict = lesson.check_latest_posts(solution, any_db)
+@pytest.mark.parametrize("right", [solution, body_only_in_where, plain_sql])
+def test_check_accepts_right_answers(any_db: Backend, right: Any) -> None:
+    verdict = lesson.check_latest_posts(right, any_db)
     assert verdict.passed, verdict
     assert verdict.statements == 1
     assert verdict.entities == {}
