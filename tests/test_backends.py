@@ -250,7 +250,8 @@ def test_sqlite_foreign_keys_on_both_engines(sqlite_db: Backend) -> None:
 
 def test_embedded_postgres_serves_sync_and_async(pg_embedded: Backend) -> None:
     """The embedded server answers on the psycopg and the asyncpg engines."""
-    assert pg_embedded.source == "embedded server (pgserver) in .course/pgserver"
+    # the fixture points COURSE_DATA_DIR at a temporary folder: the source names it so
+    assert pg_embedded.source == "embedded server (pgserver) in $COURSE_DATA_DIR/pgserver"
     assert "embedded" in pg_embedded.source
     with pg_embedded.sync_engine.connect() as conn:
         assert conn.scalar(text("select 1")) == 1
