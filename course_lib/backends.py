@@ -568,6 +568,7 @@ def _drop_stale_scratch(db: Backend) -> None:
             if pid is not None and not _alive(pid):
                 for extra in ("", "-journal", "-wal", "-shm"):
                     path.with_name(path.name + extra).unlink(missing_ok=True)
+                _forget_locks("sqlite", path.stem)
         return
     admin = _admin(db)
     try:
@@ -583,14 +584,25 @@ def _drop_stale_scratch(db: Backend) -> None:
                 quoted = conn.dialect.identifier_preparer.quote(database)
                 with contextlib.suppress(DBAPIError):  # still in use: try again next time
                     conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}")
+                    _forget_locks("postgresql", database)
     except DBAPIError:
         pass  # the server's own errors surface when the scratch database is created
     finally:
         admin.dispose()
 
 
+def _forget_locks(backend_name: str, database: str) -> None:
+    """Remove the lock files of a scratch database that is gone (they would pile up)."""
+    with contextlib.suppress(OSError, CourseConfigError):
+        folder = data_dir()
+        for name in (f"build-{backend_name}-{database}.lock", f"pg-{database}.lock"):
+            (folder / name).unlink(missing_ok=True)
+
+
 def drop_database(db: Backend, *, force: bool = False) -> None:
     """Drop ``db`` (a file or a database); ``force`` only for databases this process made."""
+    if db.database.startswith("scratch_"):
+        _forget_locks(db.name, db.database)
     if db.name == "sqlite":
         path = Path(db.sync_url.database or "")
         if "sync_engine" in db.__dict__:

@@ -17,7 +17,7 @@ import pytest
 from course_lib.backends import checkout_tag, scratch_database
 from course_lib.course import Course, setup
 from course_lib.environment import PACKAGES, environment_report, servers_ready
-from course_lib.settings import CourseConfigError
+from course_lib.settings import CourseConfigError, data_dir
 from course_lib.widgets import BACKEND_CHOICES, apply_choice, settings_picker
 
 TINY_LINE = (
@@ -360,8 +360,11 @@ def test_stale_scratch_of_dead_processes_is_dropped(course: Course) -> None:
     foreign = folder / f"scratch_old_tiny_00000000_p{dead}.sqlite"
     for path in (stale, alive, foreign):
         path.write_bytes(b"")
+    stale_lock = data_dir() / f"build-sqlite-{stale.stem}.lock"
+    stale_lock.write_bytes(b"")
     course.scratch("unit")
     assert not stale.exists()
+    assert not stale_lock.exists()  # its lock file goes with it: nothing piles up
     assert alive.exists() and foreign.exists()
     alive.unlink()
     foreign.unlink()
