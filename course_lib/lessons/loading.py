@@ -20,23 +20,28 @@ and the tests use.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Index, MetaData, event, func, select
-from sqlalchemy.orm import Session, with_parent
+from sqlalchemy import Index, MetaData, create_engine, event, func, insert, select, update
+from sqlalchemy import inspect as inspect_schema
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, selectinload, sessionmaker, with_parent
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateIndex
 
 from ..backends import Backend
 from ..exercises import CheckResult, check
-from ..measure import count_statements, label_of
-from ..models import Car, Dealership, Post
+from ..measure import acompare, count_statements, label_of
+from ..models import Base, Car, Dealership, Post, User
 
 __all__ = [
     "RECENT_YEAR",
@@ -45,12 +50,17 @@ __all__ = [
     "count_each",
     "create_author_index",
     "default_chunksize",
+    "drop_author_index",
     "error_name",
     "error_names",
     "freed_on_error",
+    "has_author_index",
+    "index_ab",
+    "judged_data",
     "objects_allowed",
     "ratios",
     "reference_dealership_report",
+    "rows_allowed",
     "sizes_up_to",
     "statements_or_scans",
     "transferred",
@@ -59,6 +69,8 @@ __all__ = [
 
 RECENT_YEAR = 2024
 """The dealership report lists cars of this model year or later."""
+
+_EPOCH = datetime(2024, 1, 1)
 
 
 # ------------------------------------------------------------------------ error names
@@ -181,15 +193,36 @@ def sizes_up_to(limit: int, ladder: Sequence[int] = (2, 20, 200)) -> list[int]:
 def default_chunksize() -> int:
     """How many keys ``selectinload`` puts in one IN statement when no ``chunksize`` is given.
 
-    SQLAlchemy keeps it in a private class attribute; reading it here keeps private names
-    out of the notebook. The notebook checks its meaning by counting statements.
+    Measured, not read from SQLAlchemy's private attributes: users are loaded with their
+    posts from an in-memory SQLite, with more users each round until the IN keys need a
+    second batch; the first IN statement's bind values are then the default chunk.
 
     >>> default_chunksize()
     500
     """
-    from sqlalchemy.orm.strategies import _SelectInLoader
-
-    return int(_SelectInLoader._chunksize)
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    Base.metadata.create_all(engine, tables=[User.__table__, Post.__table__])
+    maker = sessionmaker(engine)
+    made, parents = 0, 64
+    try:
+        while parents <= 1_000_000:
+            with engine.begin() as conn:
+                conn.execute(
+                    insert(User),
+                    [
+                        {"id": i, "name": "u", "email": f"u{i}", "created_at": _EPOCH}
+                        for i in range(made + 1, parents + 1)
+                    ],
+                )
+            made = parents
+            with count_statements(engine) as log, maker() as session:
+                session.scalars(select(User).options(selectinload(User.posts))).all()
+            if log.count > 2:  # the keys needed two IN batches: the first one is full
+                return log.statements[1].parameters
+            parents *= 4
+    finally:
+        engine.dispose()
+    raise RuntimeError("selectinload sent every key in one IN statement")
 
 
 async def count_each(
@@ -276,6 +309,25 @@ def transferred(db: Backend, run: Callable[[], Any]) -> Transfer:
 # --------------------------------------------------------------------- the FK index
 
 
+_AUTHOR_INDEX = "ix_posts_author_id"
+
+
+def has_author_index(db: Backend) -> bool:
+    """Whether ``posts`` has the foreign-key index now."""
+    names = {ix["name"] for ix in inspect_schema(db.sync_engine).get_indexes("posts")}
+    return _AUTHOR_INDEX in names
+
+
+def _author_index() -> Index:
+    posts = Post.__table__.to_metadata(MetaData())
+    return Index(_AUTHOR_INDEX, posts.c.author_id)
+
+
+def _analyze_posts(db: Backend) -> None:
+    with db.sync_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE posts")
+
+
 def create_author_index(db: Backend) -> str:
     """Create ``ix_posts_author_id`` on ``posts.author_id`` in ``db`` and return its DDL.
 
@@ -283,12 +335,42 @@ def create_author_index(db: Backend) -> str:
     declared on a copy of the table, so the course's metadata (which every build uses)
     does not gain it. Planner statistics are refreshed afterwards.
     """
-    posts = Post.__table__.to_metadata(MetaData())
-    index = Index("ix_posts_author_id", posts.c.author_id)
+    index = _author_index()
     index.create(db.sync_engine)
-    with db.sync_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("ANALYZE")
+    _analyze_posts(db)
     return str(CreateIndex(index).compile(dialect=db.sync_engine.dialect)).strip()
+
+
+def drop_author_index(db: Backend) -> None:
+    """Drop ``ix_posts_author_id`` again (a scratch copy only), refreshing the statistics."""
+    _author_index().drop(db.sync_engine)
+    _analyze_posts(db)
+
+
+async def index_ab(
+    backends: Sequence[Backend],
+    strategies: Sequence[Callable[[Backend, int], Any]],
+    n: int,
+    *,
+    rounds: int = 2,
+    **kwargs: Any,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Time ``strategies`` on the same databases without and with the FK index, alternating.
+
+    Each round drops the index (when present) and times every strategy in one
+    ``acompare`` call, then creates it and times them again: A, B, A, B... so a slow
+    spell of the machine falls on both states. The index is left in place. Returns the
+    frames without and with the index, each with a ``round`` column (volatile).
+    """
+    frames: dict[bool, list[pd.DataFrame]] = {False: [], True: []}
+    for number in range(1, rounds + 1):
+        for indexed in (False, True):
+            for db in backends:
+                if has_author_index(db) != indexed:
+                    (create_author_index if indexed else drop_author_index)(db)
+            frame = await acompare(strategies, list(backends), n=n, **kwargs)
+            frames[indexed].append(frame.assign(round=number))
+    return pd.concat(frames[False], ignore_index=True), pd.concat(frames[True], ignore_index=True)
 
 
 def statements_or_scans(
@@ -299,27 +381,44 @@ def statements_or_scans(
 ) -> pd.DataFrame:
     """Split ``slow``'s lead over ``fast`` into what the index removed and what is left.
 
-    Both frames time both strategies at the same n, without and with the foreign-key index.
-    The gap is ``slow - fast`` (ms). What the index took away is the scans; what remains
-    is the cost of the extra statements themselves. One row per backend (volatile).
+    Both frames time both strategies at the same n, without and with the foreign-key index
+    (several rounds each: the mean of the rounds' medians is used). The gap is
+    ``slow - fast`` (ms). What the index took away is the scans; what remains is the cost
+    of the extra statements themselves. ``noise_ms`` is the largest spread between rounds
+    of one state's gap; ``within_noise`` is true when the index changed the gap by less
+    than twice that, and then the split says nothing. One row per backend (volatile).
     """
     slow_label, fast_label = (label_of(f) if callable(f) else f for f in (slow, fast))
 
-    def medians(frame: pd.DataFrame) -> pd.DataFrame:
-        wide = frame.pivot_table(index=["backend", "n"], columns="strategy", values="median_ms")
-        return wide[[slow_label, fast_label]]
+    def gaps(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame if "round" in frame else frame.assign(round=1)
+        wide = frame.pivot_table(
+            index=["backend", "n", "round"], columns="strategy", values="median_ms"
+        )
+        return wide.assign(gap=wide[slow_label] - wide[fast_label])
 
-    before, after = medians(no_index), medians(indexed)
-    gap_before = before[slow_label] - before[fast_label]
-    gap_after = after[slow_label] - after[fast_label]
+    before, after = gaps(no_index), gaps(indexed)
+    levels = ["backend", "n"]
+    mean_before = before.groupby(level=levels).mean()
+    mean_after = after.groupby(level=levels).mean()
+    spread = pd.concat(
+        [
+            before["gap"].groupby(level=levels).agg(lambda g: g.max() - g.min()),
+            after["gap"].groupby(level=levels).agg(lambda g: g.max() - g.min()),
+        ],
+        axis=1,
+    ).max(axis=1)
+    gap_before, gap_after = mean_before["gap"], mean_after["gap"]
     split = pd.DataFrame(
         {
-            "ratio_no_index": before[slow_label] / before[fast_label],
-            "ratio_indexed": after[slow_label] / after[fast_label],
+            "ratio_no_index": mean_before[slow_label] / mean_before[fast_label],
+            "ratio_indexed": mean_after[slow_label] / mean_after[fast_label],
             "gap_ms_no_index": gap_before,
             "gap_ms_indexed": gap_after,
             "scans_pct_of_gap": 100 * (gap_before - gap_after) / gap_before,
             "statements_pct_of_gap": 100 * gap_after / gap_before,
+            "noise_ms": spread,
+            "within_noise": (gap_before - gap_after).abs() < 2 * spread,
         }
     )
     return split.round(2).reset_index()
@@ -382,16 +481,102 @@ def year_after_last_car(db: Backend) -> int:
         return int(session.scalar(select(func.max(Car.year)))) + 1
 
 
+def _counts(db: Backend, since: int) -> tuple[int, int, int]:
+    """Dealerships, cars of model year ``since`` or later, dealerships with none of them."""
+    with db.Session() as session:
+        dealerships = session.scalar(select(func.count()).select_from(Dealership))
+        cars = session.scalar(select(func.count()).where(Car.year >= since))
+        with_cars = session.scalar(
+            select(func.count(Car.dealership_id.distinct())).where(Car.year >= since)
+        )
+    return int(dealerships), int(cars), int(dealerships) - int(with_cars)
+
+
 def objects_allowed(db: Backend, since: int = RECENT_YEAR) -> int:
     """The most ORM objects a good answer builds: every dealership and its matching cars.
 
     Derived from the data (counted now), so it holds at every scale. Loading all cars and
-    filtering in Python builds more; selecting columns builds none.
+    filtering in Python builds more.
     """
-    with db.Session() as session:
-        dealerships = session.scalar(select(func.count()).select_from(Dealership))
-        cars = session.scalar(select(func.count()).where(Car.year >= since))
-    return int(dealerships) + int(cars)
+    dealerships, cars, _ = _counts(db, since)
+    return dealerships + cars
+
+
+def rows_allowed(db: Backend, since: int = RECENT_YEAR) -> int:
+    """The most rows a good answer fetches: every dealership, its matching cars, and one
+    more row per dealership without a matching car (an outer join's row of NULLs).
+
+    Derived from the data. Fetching every car as columns and filtering in Python fetches
+    more, even though it builds no ORM object.
+    """
+    dealerships, cars, empty = _counts(db, since)
+    return dealerships + cars + empty
+
+
+def _tie_prices(conn: Connection, since: int = RECENT_YEAR, pairs: int = 3) -> int:
+    """Give the two lowest-id recent cars of (up to ``pairs``) dealerships the same price.
+
+    The lower id takes the higher id's price, so the report must list it first; on
+    PostgreSQL the updated row also moves behind the other in the table's physical order.
+    Returns how many pairs were tied.
+    """
+    rows = conn.execute(
+        select(Car.dealership_id, Car.id, Car.price)
+        .where(Car.year >= since)
+        .order_by(Car.dealership_id, Car.id)
+    ).all()
+    firsts: dict[int, list[tuple[int, Any]]] = {}
+    for dealership_id, car_id, price in rows:
+        firsts.setdefault(dealership_id, []).append((car_id, price))
+    tied = 0
+    for cars in firsts.values():
+        if len(cars) >= 2 and tied < pairs:
+            (low, _), (_, price) = cars[0], cars[1]
+            conn.execute(update(Car).where(Car.id == low).values(price=price))
+            tied += 1
+    return tied
+
+
+def _shuffle_unordered(conn: Connection, backend: str) -> None:
+    """Make reads without ORDER BY come back in an order other than by id, where cheap.
+
+    SQLite: ``PRAGMA reverse_unordered_selects`` (scans run backwards). PostgreSQL: the first
+    dealerships are rewritten, so their new row versions sit behind the others.
+    """
+    if backend == "sqlite":
+        conn.exec_driver_sql("PRAGMA reverse_unordered_selects = ON")
+        return
+    first = select(Dealership.id).order_by(Dealership.id).limit(2).scalar_subquery()
+    conn.execute(update(Dealership).where(Dealership.id.in_(first)).values(name=Dealership.name))
+
+
+@contextmanager
+def judged_data(db: Backend) -> Iterator[Backend]:
+    """``db`` as the exercise check sees it: one connection, in a transaction rolled back after.
+
+    Inside it, two recent cars of some dealerships have equal prices (so an ORDER BY
+    without the id tie-break can show) and reads without ORDER BY are reordered (SQLite
+    scans backwards; PostgreSQL's first dealerships move behind the others). The shared
+    data is never changed. The Backend yielded shares ``db``'s engines; its ``Session``
+    is bound to that connection.
+    """
+    db.engine  # noqa: B018  (create the async engine once, on db, before copying)
+    with db.sync_engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            _tie_prices(conn)
+            _shuffle_unordered(conn, db.name)
+            view = copy.copy(db)
+            view.__dict__["Session"] = sessionmaker(
+                bind=conn, join_transaction_mode="rollback_only", expire_on_commit=False
+            )
+            yield view
+        finally:
+            if transaction.is_active:
+                transaction.rollback()
+            if db.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA reverse_unordered_selects = OFF")
+                conn.rollback()
 
 
 def _why_wrong(result: Any, expected: list[tuple[str, list[int]]]) -> str:
@@ -400,6 +585,8 @@ def _why_wrong(result: Any, expected: list[tuple[str, list[int]]]) -> str:
         isinstance(item, tuple) and len(item) == 2 for item in result
     ):
         return "it must return a list of (name, list of car ids) tuples"
+    if not all(isinstance(ids, list) and all(type(i) is int for i in ids) for _, ids in result):
+        return "each dealership's cars must be a list of int ids (Car.id)"
     names = [name for name, _ in result]
     wanted = [name for name, _ in expected]
     if sorted(names) != sorted(wanted):
@@ -409,11 +596,14 @@ def _why_wrong(result: Any, expected: list[tuple[str, list[int]]]) -> str:
             "drops them; use an outer join or a loader)"
         )
     if names != wanted:
-        return "the dealerships are not in id order"
+        return "the dealerships are not in id order (ORDER BY Dealership.id)"
     pairs = list(zip(result, expected, strict=True))
     if any(sorted(got) != sorted(want) for (_, got), (_, want) in pairs):
         return "some dealerships have the wrong cars: check the model-year filter"
-    return "the right cars, in the wrong order: most expensive first, equal prices by id"
+    return (
+        "the right cars, in the wrong order: most expensive first, equal prices by id "
+        "(ORDER BY Car.price DESC, Car.id)"
+    )
 
 
 def _judge(fn: Callable[[Session, int], Any], db: Backend, since: int, budget: int) -> CheckResult:
@@ -429,6 +619,7 @@ def _judge(fn: Callable[[Session, int], Any], db: Backend, since: int, budget: i
         reference=reference,
         budget=budget,
         max_objects=objects_allowed(db, since),
+        max_rows=rows_allowed(db, since),
     )
     if verdict.status == "wrong result":
         with db.Session() as session:
@@ -443,23 +634,25 @@ def check_dealership_report(
 ) -> CheckResult:
     """Judge ``fn(session, since)`` as notebook 01's exercise; the notebook and tests share it.
 
-    It runs twice: with ``since=RECENT_YEAR``, and with a year after every car (so every
+    It runs twice, on :func:`judged_data` (price ties, unordered reads reordered, all
+    rolled back): with ``since=RECENT_YEAR``, and with a year after every car (so every
     dealership must be listed with an empty list). Each run must return the reference's
     report, in at most ``budget`` statements, building at most :func:`objects_allowed`
-    ORM objects. An error raised by ``fn`` is reported, not raised. An untouched stub
-    gives "not attempted".
+    ORM objects and fetching at most :func:`rows_allowed` rows. An error raised by ``fn``
+    is reported, not raised. An untouched stub gives "not attempted".
     """
     verdict: CheckResult | None = None
-    for since in (RECENT_YEAR, year_after_last_car(db)):
-        try:
-            verdict = _judge(fn, db, since, budget)
-        except Exception as error:  # the learner's code raised: say what, in one line
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            _release(error)
-            return CheckResult(
-                "raised", f"✗ It raised {type(error).__name__}: {first[:200]}", budget=budget
-            )
-        if not verdict.passed:
-            return verdict
+    with judged_data(db) as judged:
+        for since in (RECENT_YEAR, year_after_last_car(judged)):
+            try:
+                verdict = _judge(fn, judged, since, budget)
+            except Exception as error:  # the learner's code raised: say what, in one line
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                _release(error)
+                return CheckResult(
+                    "raised", f"✗ It raised {type(error).__name__}: {first[:200]}", budget=budget
+                )
+            if not verdict.passed:
+                return verdict
     assert verdict is not None
     return verdict

@@ -232,6 +232,46 @@ def test_statements_or_scans_splits_the_gap() -> None:
     assert row["gap_ms_no_index"] == 90 and row["gap_ms_indexed"] == 20
     assert row["scans_pct_of_gap"] == round(100 * 70 / 90, 2)
     assert row["statements_pct_of_gap"] == round(100 * 20 / 90, 2)
+    assert row["noise_ms"] == 0 and not row["within_noise"]
+
+
+def test_statements_or_scans_says_when_the_split_is_within_noise() -> None:
+    def rounds(*pairs: tuple[float, float]) -> pd.DataFrame:
+        rows = [
+            {"strategy": s, "backend": "sqlite", "n": 50, "median_ms": ms, "round": r}
+            for r, (lazy_ms, fast_ms) in enumerate(pairs, 1)
+            for s, ms in (("lazy", lazy_ms), ("fast", fast_ms))
+        ]
+        return pd.DataFrame(rows)
+
+    split = lesson.statements_or_scans(
+        rounds((30, 10), (40, 10)), rounds((28, 10), (38, 10)), "lazy", "fast"
+    )
+    row = split.iloc[0]
+    assert row["noise_ms"] == 10 and row["within_noise"]
+
+
+def _sqlite_urls(path: Any) -> tuple[Any, Any]:
+    from sqlalchemy.engine import make_url
+
+    return make_url(f"sqlite:///{path}"), make_url(f"sqlite+aiosqlite:///{path}")
+
+
+def test_index_ab_alternates_and_leaves_the_index(tmp_path) -> None:
+    db = Backend("sqlite", *_sqlite_urls(tmp_path / "ab.sqlite"), "test", "ab")
+    Base.metadata.create_all(db.sync_engine)
+
+    def one(db: Backend, n: int) -> None:
+        """one"""
+        with db.Session() as session:
+            session.scalars(select(Post).where(Post.author_id == 1)).all()
+
+    no_index, indexed = _run(
+        db, lambda: lesson.index_ab([db], [one], 1, rounds=2, repeats=5, min_sample_s=0.001)
+    )
+    assert no_index["round"].tolist() == [1, 2] == indexed["round"].tolist()
+    assert lesson.has_author_index(db)
+    db.sync_engine.dispose()
 
 
 # ------------------------------------------------------------------ the reference answer
@@ -382,14 +422,94 @@ def two_queries_solution(session: Session, since: int) -> Report:
     return [(d.name, ids[d.id]) for d in dealerships]
 
 
+def cols_all_cars_python(session: Session, since: int) -> Report:
+    """Two column statements over every car; filtered and sorted in Python (no objects)."""
+    dealerships = session.execute(select(Dealership.id, Dealership.name).order_by(Dealership.id))
+    cars = session.execute(select(Car.id, Car.dealership_id, Car.year, Car.price)).all()
+    report = []
+    for dealership_id, name in dealerships.all():
+        mine = [c for c in cars if c.dealership_id == dealership_id and c.year >= since]
+        report.append((name, [c.id for c in sorted(mine, key=lambda c: (-c.price, c.id))]))
+    return report
+
+
+def one_stmt_all_cars_outer(session: Session, since: int) -> Report:
+    """One statement: every (dealership, car) outer-joined; old cars dropped in Python."""
+    stmt = (
+        select(Dealership.id, Dealership.name, Car.id, Car.year)
+        .outerjoin(Dealership.cars)
+        .order_by(Dealership.id, Car.price.desc(), Car.id)
+    )
+    report: dict[int, tuple[str, list[int]]] = {}
+    for dealership_id, name, car_id, year in session.execute(stmt):
+        _, ids = report.setdefault(dealership_id, (name, []))
+        if car_id is not None and year >= since:
+            ids.append(car_id)
+    return list(report.values())
+
+
+def _outer_join(session: Session, since: int, *order: Any) -> Report:
+    stmt = (
+        select(Dealership.id, Dealership.name, Car.id)
+        .outerjoin(Dealership.cars.and_(Car.year >= since))
+        .order_by(*order)
+    )
+    report: dict[int, tuple[str, list[int]]] = {}
+    for dealership_id, name, car_id in session.execute(stmt):
+        _, ids = report.setdefault(dealership_id, (name, []))
+        if car_id is not None:
+            ids.append(car_id)
+    return list(report.values())
+
+
+def no_tiebreak(session: Session, since: int) -> Report:
+    """ORDER BY price DESC without the id tie-break."""
+    return _outer_join(session, since, Dealership.id, Car.price.desc())
+
+
+def id_desc_tiebreak(session: Session, since: int) -> Report:
+    """Equal prices broken by id descending."""
+    return _outer_join(session, since, Dealership.id, Car.price.desc(), Car.id.desc())
+
+
+def no_dealership_order(session: Session, since: int) -> Report:
+    """selectinload with criteria, but the dealerships come in whatever order the scan gives."""
+    stmt = select(Dealership).options(selectinload(Dealership.cars.and_(Car.year >= since)))
+    return [(d.name, _by_price(d.cars)) for d in session.scalars(stmt)]
+
+
+def ids_as_str(session: Session, since: int) -> Report:
+    """The right ids, as strings."""
+    return [(name, [str(i) for i in ids]) for name, ids in selectin_solution(session, since)]
+
+
+def second_session(session: Session, since: int) -> Report:
+    """The N+1 on a private Session bound to the same connection: still counted."""
+    with Session(session.get_bind()) as private:
+        return lesson.reference_dealership_report(private, since)
+
+
+def joined_solution(session: Session, since: int) -> Report:
+    """joinedload with criteria + unique(): 1 statement."""
+    recent = Dealership.cars.and_(Car.year >= since)
+    stmt = select(Dealership).options(joinedload(recent)).order_by(Dealership.id)
+    return [(d.name, _by_price(d.cars)) for d in session.scalars(stmt).unique()]
+
+
 NAIVE = {
     n_plus_one: ("over budget", "statements: the budget is 2"),
+    second_session: ("over budget", "statements: the budget is 2"),
     load_all_filter_in_python: ("too many objects", "filter and limit in SQL"),
     all_cars_grouped_in_python: ("too many objects", "filter and limit in SQL"),
+    cols_all_cars_python: ("too many rows", "rows came back from the database"),
+    one_stmt_all_cars_outer: ("too many rows", "rows came back from the database"),
     inner_join: ("wrong result", "with an empty list when no car matches"),
     forgets_the_year: ("wrong result", "the wrong cars: check the model-year filter"),
     unsorted_ids: ("wrong result", "in the wrong order: most expensive first"),
+    id_desc_tiebreak: ("wrong result", "equal prices by id"),
     dealerships_unordered: ("wrong result", "not in id order"),
+    no_dealership_order: ("wrong result", "not in id order"),
+    ids_as_str: ("wrong result", "list of int ids"),
     joined_without_unique: ("raised", "InvalidRequestError"),
 }
 
@@ -404,6 +524,35 @@ def test_check_rejects_each_naive_answer_and_says_why(any_db: Backend, naive) ->
     assert verdict.message.startswith("✗")
 
 
+def test_a_missing_tie_break_is_caught_on_postgresql(pg_service: Backend) -> None:
+    """SQLite returns equal prices in id order by accident; PostgreSQL's rewritten rows do not."""
+    verdict = lesson.check_dealership_report(no_tiebreak, pg_service)
+    assert verdict.status == "wrong result"
+    assert "equal prices by id" in verdict.message
+
+
+def test_judged_data_ties_prices_and_rolls_back(any_db: Backend) -> None:
+    before = _expected_report(any_db, RECENT_YEAR)
+    with lesson.judged_data(any_db) as judged, judged.Session() as session:
+        prices = session.execute(
+            select(Car.dealership_id, Car.price).where(Car.year >= RECENT_YEAR)
+        ).all()
+        assert len(prices) > len(set(prices))  # equal (dealership, price) pairs exist
+    assert _expected_report(any_db, RECENT_YEAR) == before  # nothing was kept
+    with any_db.Session() as session:
+        ids = session.scalars(select(Dealership.id)).all()  # no ORDER BY: scan order
+    assert ids == sorted(ids)  # the reversed scan did not outlive the check
+
+
+def test_rows_allowed_counts_dealerships_cars_and_null_rows(any_db: Backend) -> None:
+    report = _expected_report(any_db, RECENT_YEAR)
+    cars = sum(len(ids) for _, ids in report)
+    empty = sum(not ids for _, ids in report)
+    assert lesson.rows_allowed(any_db) == len(report) + cars + empty
+    since = lesson.year_after_last_car(any_db)
+    assert lesson.rows_allowed(any_db, since) == 2 * len(report)
+
+
 def test_check_says_how_many_objects_were_allowed(sqlite_db: Backend) -> None:
     verdict = lesson.check_dealership_report(load_all_filter_in_python, sqlite_db)
     assert f"at most {lesson.objects_allowed(sqlite_db)}" in verdict.message
@@ -416,7 +565,12 @@ def test_inner_join_is_caught_by_the_case_without_matching_cars(any_db: Backend)
 
 @pytest.mark.parametrize(
     "solution, statements",
-    [(selectin_solution, 2), (outer_join_solution, 1), (two_queries_solution, 2)],
+    [
+        (selectin_solution, 2),
+        (outer_join_solution, 1),
+        (two_queries_solution, 2),
+        (joined_solution, 1),
+    ],
     ids=lambda value: getattr(value, "__name__", str(value)),
 )
 def test_check_accepts_the_solutions(any_db: Backend, solution, statements: int) -> None:
