@@ -17,14 +17,17 @@ through ``engine.raw_connection()``), :func:`asyncpg_executemany` and :func:`asy
 from __future__ import annotations
 
 import cProfile
+import gc
 import inspect
 import itertools
 import math
 import pstats
+import re
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +43,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     delete,
+    event,
     insert,
     select,
     text,
@@ -59,10 +63,13 @@ __all__ = [
     "DEALERSHIPS",
     "IMPORT_BUDGET",
     "MAX_BIND_VALUES",
+    "MAX_COMMITS",
+    "MAX_ROWS_PER_STATEMENT",
     "Customer",
     "Profile",
     "acheck_import",
     "as_stored",
+    "astatement_counts",
     "asyncpg_copy",
     "asyncpg_executemany",
     "best_of",
@@ -80,6 +87,7 @@ __all__ = [
     "lean_cars",
     "next_id",
     "page_facts",
+    "parse_counts",
     "per_row_speedup",
     "price_feed",
     "profile",
@@ -88,11 +96,16 @@ __all__ = [
     "ratio_chart",
     "raw_customers",
     "raw_executemany",
+    "raw_executemany_tuples",
     "reference_import_cars",
     "reset_cars",
     "reset_customers",
     "sql_digest",
+    "statement_counts",
+    "stored_tuples",
+    "uncached_parses",
     "vs_raw",
+    "within_2x",
 ]
 
 CAR_COLUMNS = (
@@ -363,6 +376,18 @@ def fastest_vs_raw(table: pd.DataFrame, backend: str) -> tuple[str, float]:
     return str(best["strategy"]), float(best["x_raw"])
 
 
+def within_2x(table: pd.DataFrame) -> pd.Series:
+    """Per backend of a :func:`vs_raw` table, the non-raw strategies within 2x of raw."""
+    part = table[~table["strategy"].isin(table.attrs.get("raw", []))]
+    inside = part[part["x_raw"] < 2]
+    return (
+        inside.groupby("backend")["strategy"]
+        .agg(lambda labels: "; ".join(labels) or "none")
+        .reindex(table["backend"].unique(), fill_value="none")
+        .rename("within 2x of the raw driver")
+    )
+
+
 def ratio_chart(table: pd.DataFrame, title: str) -> Figure:
     """The ``x_raw`` column of :func:`vs_raw` as bars on a log axis, with the raw driver at 1."""
     frame = table.drop(columns=["q1_ms", "q3_ms", "iqr_ms"])
@@ -398,17 +423,67 @@ _runs = itertools.count(1)
 
 
 def price_feed(n: int) -> dict[int, int]:
-    """New prices for cars 1..n: car id -> price, different on every call.
+    """New prices for cars 1..n: car id -> price, higher on every call than any before.
 
-    Each call shifts the prices, so every run of an update strategy really changes every
-    row (the unit of work skips attributes set to the value they already have).
+    A car's price from one call is above every price an earlier call gave it, and the
+    notebook's same-change-for-all UPDATE only *lowers* prices (a discount). So whatever ran
+    before, every run of an update strategy really changes every row (the unit of work
+    skips attributes set to the value they already have).
 
     >>> a, b = price_feed(3), price_feed(3)
-    >>> sorted(a) == [1, 2, 3] and all(a[i] != b[i] for i in a)
+    >>> sorted(a) == [1, 2, 3] and all(b[i] > a[i] for i in a)
     True
     """
     run = next(_runs)
-    return {car_id: 5_000 + 100 * ((car_id + run) % 700) for car_id in range(1, n + 1)}
+    return {car_id: 5_000 + 100 * run + car_id % 100 for car_id in range(1, n + 1)}
+
+
+def statement_counts(
+    strategies: Sequence[Callable[..., Any]],
+    backends: Sequence[Backend],
+    n: int,
+    *,
+    prepare: Callable[[Backend], Any] | None = None,
+) -> pd.DataFrame:
+    """Statements and round trips of ONE call of each ``strategy(db, n)``, per backend.
+
+    Deterministic, unlike a timing frame: each strategy runs once under
+    ``count_statements`` (after ``prepare(db)``, e.g. a reset, when given), so what ran
+    before cannot change what it sends. Rows: strategies; columns: ``(value, backend)``.
+    """
+    rows = []
+    for db in backends:
+        for fn in strategies:
+            if prepare is not None:
+                prepare(db)
+            with count_statements(db) as log:
+                fn(db, n)
+            rows.append(
+                {
+                    "strategy": label_of(fn),
+                    "backend": db.name,
+                    "statements": log.count,
+                    "round_trips": log.round_trips,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    return frame.pivot(index="strategy", columns="backend").reindex(
+        [label_of(fn) for fn in strategies]
+    )
+
+
+async def astatement_counts(
+    strategies: Sequence[Callable[..., Any]], db: Backend, n: int
+) -> pd.DataFrame:
+    """Like :func:`statement_counts` for ``async def strategy(db, n)``, on one backend."""
+    rows = []
+    for fn in strategies:
+        with count_statements(db) as log:
+            await fn(db, n)
+        rows.append(
+            {"strategy": label_of(fn), "statements": log.count, "round_trips": log.round_trips}
+        )
+    return pd.DataFrame(rows).set_index("strategy")
 
 
 # ------------------------------------------------------------------------ profiling
@@ -443,8 +518,38 @@ class Profile:
         return self.areas.round(2).to_string()
 
 
+@contextmanager
+def _gc_frozen() -> Iterator[list[float]]:
+    """Collect, then freeze every object alive now, and clock the gc pauses in the block.
+
+    Frozen objects are never scanned again, so the objects the kernel already holds do not
+    make the collections in the block longer; the list yields the seconds paused (total).
+    """
+    paused = [0.0]
+    started: list[float] = []
+
+    def clock(phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            paused[0] += time.perf_counter() - started.pop()
+
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(clock)
+    try:
+        yield paused
+    finally:
+        gc.callbacks.remove(clock)
+        gc.unfreeze()
+
+
 def profile(strategies: dict[str, Callable[[], Any]], *, repeats: int = 5) -> Profile:
     """Run each ``fn()`` once untimed, then ``repeats`` times under cProfile.
+
+    The garbage collector is collected and frozen around the profiled runs (the objects
+    the kernel holds are not scanned again), and its pauses are reported in the row
+    ``of which gc pauses`` (already counted inside the areas).
 
     ``areas``: milliseconds per run spent in each area (rows) by strategy (columns), plus a
     total. ``functions``: the costliest functions (internal time per run) of each strategy.
@@ -456,14 +561,17 @@ def profile(strategies: dict[str, Callable[[], Any]], *, repeats: int = 5) -> Pr
     ['sum']
     """
     areas: dict[str, dict[str, float]] = {}
+    gc_ms: dict[str, float] = {}
     top: list[dict[str, Any]] = []
     for label, fn in strategies.items():
         fn()  # warm-up: connect and compile outside the profile
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(repeats):
-            fn()
-        profiler.disable()
+        with _gc_frozen() as paused:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(repeats):
+                fn()
+            profiler.disable()
+        gc_ms[label] = paused[0] * 1000 / repeats
         stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
         by_area: dict[str, float] = {}
         for (filename, _line, name), (_cc, calls, tottime, _ct, _callers) in stats.items():
@@ -481,6 +589,9 @@ def profile(strategies: dict[str, Callable[[], Any]], *, repeats: int = 5) -> Pr
     frame = pd.DataFrame(areas).fillna(0.0)
     frame = frame.loc[frame.max(axis=1).sort_values(ascending=False).index]
     frame.loc["total"] = frame.sum()
+    # gc pauses are inside the areas above (cProfile charges them to whatever ran);
+    # reported apart, after collect + freeze, so a learner can see they stayed small
+    frame.loc["of which gc pauses"] = pd.Series(gc_ms)
     frame.index.name = "ms per run, by area"
     functions = (
         pd.DataFrame(top)
@@ -562,30 +673,51 @@ def gap_breakdown(
     core: str | Callable[..., Any],
     stored: str | Callable[..., Any],
     raw: str | Callable[..., Any],
+    raw_stored: str | Callable[..., Any],
 ) -> pd.DataFrame:
     """Split the ORM bulk insert's time above the raw driver into three measured parts.
 
-    From a :func:`vs_raw` table of one backend, by subtraction of medians per row:
-    the ORM bulk layer (``orm - core``), bind processing (``core - stored``: the same Core
-    insert with values already in stored form, through :data:`lean_cars`) and the rest of
-    Core (``stored - raw``). ``share_of_gap`` is each part's share of ``orm - raw``.
+    From a :func:`vs_raw` table of one backend, by subtraction of medians per row, each
+    part like for like: the ORM bulk layer (``orm - core``: the same values, with and
+    without the ORM); the rest of Core (``stored - raw_stored``: both given values already
+    in stored form, outside the timer); and bind processing, what is left
+    (``(core - stored) - (raw - raw_stored)``: SQLAlchemy's type conversion, less the
+    conversion the raw path does itself). The three add up to ``orm - raw``;
+    ``share_of_gap`` is each part's share of it.
     """
-    orm_l, core_l, stored_l, raw_l = _labels([orm, core, stored, raw])
+    orm_l, core_l, stored_l, raw_l, raw_stored_l = _labels([orm, core, stored, raw, raw_stored])
     per_row = table.set_index("strategy")["us_per_row"]
+    rest_of_core = per_row[stored_l] - per_row[raw_stored_l]
     parts = {
         "ORM bulk layer (ORM bulk insert - Core executemany)": per_row[orm_l] - per_row[core_l],
-        "bind processing (Core - Core with stored values)": per_row[core_l] - per_row[stored_l],
-        "rest of Core (Core with stored values - raw)": per_row[stored_l] - per_row[raw_l],
+        "bind processing (the rest)": per_row[core_l] - per_row[raw_l] - rest_of_core,
+        "rest of Core (Core, stored values - raw, stored values)": rest_of_core,
     }
     gap = per_row[orm_l] - per_row[raw_l]
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "us_per_row": [_significant(v) for v in parts.values()],
             "share_of_gap": [round(v / gap, 2) for v in parts.values()],
         },
         index=pd.Index(list(parts), name="part of the gap"),
     )
-    return frame
+
+
+def raw_executemany_tuples(db: Backend, tuples: Sequence[tuple]) -> None:
+    """Like :func:`raw_executemany`, given tuples already in the driver's form (no conversion)."""
+    conn = db.sync_engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        cursor.executemany(driver_insert(db), tuples)
+        cursor.close()
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def stored_tuples(stored: Sequence[dict[str, Any]]) -> list[tuple]:
+    """:func:`as_stored` rows as driver tuples in :data:`CAR_COLUMNS` order."""
+    return [tuple(r[c] for c in CAR_COLUMNS) for r in stored]
 
 
 # ------------------------------------------------------------------------ psycopg's parse cache
@@ -640,20 +772,85 @@ def raw_customers(db: Backend, rows: Sequence[dict[str, Any]]) -> None:
         conn.close()
 
 
+_PSYCOPG_PRIVATE = (
+    "MAX_CACHED_STATEMENT_LENGTH",
+    "MAX_CACHED_STATEMENT_PARAMS",
+    "_query2pg_nocache",
+)
+
+
+def _psycopg_queries() -> Any:
+    """psycopg's PRIVATE module ``psycopg._queries``, checked for what this lesson reads.
+
+    The parse-cache lesson looks inside psycopg (3.1 to 3.3 keep these names); a psycopg
+    release that renames them gets one clear error instead of a traceback.
+    """
+    try:
+        from psycopg import _queries
+    except ImportError as error:  # pragma: no cover - depends on the installed psycopg
+        raise RuntimeError(
+            f"this lesson reads psycopg's private psycopg._queries: {error}"
+        ) from None
+    missing = [name for name in _PSYCOPG_PRIVATE if not hasattr(_queries, name)]
+    if missing:  # pragma: no cover - depends on the installed psycopg
+        import psycopg
+
+        raise RuntimeError(
+            f"psycopg {psycopg.__version__} no longer has psycopg._queries.{', '.join(missing)}: "
+            "this optional lesson reads psycopg's private parse cache, so it needs psycopg 3.1-3.3."
+        )
+    return _queries
+
+
 def psycopg_cache_limits() -> dict[str, int]:
     """psycopg's limits for caching a parsed statement, read from its installed source.
 
-    ``psycopg/_queries.py`` parses a query (finds its ``%s`` placeholders) in Python, and
-    keeps the result in an LRU cache only when the query is at most
-    ``MAX_CACHED_STATEMENT_LENGTH`` bytes long with at most ``MAX_CACHED_STATEMENT_PARAMS``
-    parameters; any longer statement is parsed again on every execution.
+    ``psycopg/_queries.py`` (a PRIVATE module: see :func:`_psycopg_queries`) parses a query
+    (finds its ``%s`` placeholders) in Python, and keeps the result in an LRU cache only
+    when the query is at most ``MAX_CACHED_STATEMENT_LENGTH`` bytes long with at most
+    ``MAX_CACHED_STATEMENT_PARAMS`` parameters; any longer statement is parsed again on
+    every execution.
     """
-    from psycopg import _queries
-
+    queries = _psycopg_queries()
     return {
-        "MAX_CACHED_STATEMENT_LENGTH": _queries.MAX_CACHED_STATEMENT_LENGTH,
-        "MAX_CACHED_STATEMENT_PARAMS": _queries.MAX_CACHED_STATEMENT_PARAMS,
+        "MAX_CACHED_STATEMENT_LENGTH": queries.MAX_CACHED_STATEMENT_LENGTH,
+        "MAX_CACHED_STATEMENT_PARAMS": queries.MAX_CACHED_STATEMENT_PARAMS,
     }
+
+
+@contextmanager
+def uncached_parses() -> Iterator[list[int]]:
+    """Count psycopg's parses that bypass its cache while the block runs (yields ``[count]``).
+
+    psycopg calls ``psycopg._queries._query2pg_nocache`` for every execution of a
+    statement over its cache limits; the block replaces it by a counting wrapper and
+    puts the original back afterwards, whatever happens.
+    """
+    queries = _psycopg_queries()
+    original = queries._query2pg_nocache
+    count = [0]
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    queries._query2pg_nocache = counting
+    try:
+        yield count
+    finally:
+        queries._query2pg_nocache = original
+
+
+def parse_counts(strategies: Sequence[Callable[..., Any]], db: Backend, n: int) -> pd.DataFrame:
+    """Per ``strategy(db, n)``, run once: statements sent and psycopg's uncached parses."""
+    rows = []
+    for fn in strategies:
+        with count_statements(db) as log, uncached_parses() as parses:
+            fn(db, n)
+        rows.append(
+            {"strategy": label_of(fn), "statements": log.count, "uncached_parses": parses[0]}
+        )
+    return pd.DataFrame(rows).set_index("strategy")
 
 
 def flushed_pages(
@@ -699,15 +896,14 @@ def psycopg_parse_ms(sql: str, *, repeats: int = 5) -> float:
     """Median milliseconds psycopg takes to parse ``sql`` without its cache (one execution).
 
     Calls the function psycopg itself calls for a statement over the cache limits
-    (``psycopg._queries._query2pg_nocache``), on the statement's bytes.
+    (the private ``psycopg._queries._query2pg_nocache``), on the statement's bytes.
     """
-    from psycopg import _queries
-
+    queries = _psycopg_queries()
     query = sql.encode()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _queries._query2pg_nocache(query, "utf-8")
+        queries._query2pg_nocache(query, "utf-8")
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
 
@@ -808,12 +1004,153 @@ def import_batch() -> list[dict[str, Any]]:
     return car_rows(1_000, start=50_000)
 
 
+MAX_ROWS_PER_STATEMENT = MAX_BIND_VALUES // len(CAR_COLUMNS)
+"""The most rows of VALUES one plainly executed statement may carry (12, i.e. 96 values).
+
+Counted in the SQL itself, so it also catches the rows baked in *without* bind parameters
+(``literal_binds``, an f-string): the bind-value judge alone cannot see those.
+"""
+
+MAX_COMMITS = 1
+"""The exercise commits the batch once: a commit is a durable write (and a round trip)."""
+
+_LEGACY_BULK = ("bulk_save_objects", "bulk_insert_mappings", "bulk_update_mappings")
+_TUPLE_SEPARATOR = re.compile(r"\)\s*,\s*\(")
+
+
+@dataclass
+class _ImportWatch:
+    """What the import check records beside ``cl.check``: one per attempt."""
+
+    log: StatementLog
+    cars_created: list[int]
+    legacy: Counter[str]
+
+
+@contextmanager
+def _watch_import(db: Backend) -> Iterator[_ImportWatch]:
+    """Statements (with commits), ``Car`` objects constructed, legacy bulk calls."""
+    created = [0]
+    legacy: Counter[str] = Counter()
+
+    def on_init(_target: Any, _args: Any, _kwargs: Any) -> None:
+        created[0] += 1
+
+    originals = {name: getattr(Session, name) for name in _LEGACY_BULK}
+
+    def spy(name: str) -> Callable[..., Any]:
+        def call(self: Session, *args: Any, **kwargs: Any) -> Any:
+            legacy[name] += 1
+            return originals[name](self, *args, **kwargs)
+
+        return call
+
+    event.listen(Car, "init", on_init)
+    for name in _LEGACY_BULK:
+        setattr(Session, name, spy(name))
+    try:
+        with count_statements(db) as log:
+            yield _ImportWatch(log, created, legacy)
+    finally:
+        for name, original in originals.items():
+            setattr(Session, name, original)
+        event.remove(Car, "init", on_init)
+
+
+def _rows_in(statement: Any) -> int:
+    """Rows of VALUES in one statement's SQL: ``(...), (...)`` groups after VALUES."""
+    sql = statement.sql
+    at = sql.upper().find("VALUES")
+    return 0 if at < 0 else 1 + len(_TUPLE_SEPARATOR.findall(sql, at))
+
+
+def _judge_import(
+    verdict: CheckResult, watch: _ImportWatch, batch: Sequence[dict[str, Any]], dialect: str
+) -> CheckResult:
+    """Refine ``cl.check``'s verdict with the import's own judges (see :func:`check_import`)."""
+    if verdict.status in {"not attempted", "wrong result"}:
+        return verdict
+    log, rows = watch.log, len(batch)
+    commits = log.transactions.get("COMMIT", 0)
+    facts = f"{log.count:,} statement(s), {commits:,} commit(s)"
+
+    def fail(status: str, why: str) -> CheckResult:
+        return CheckResult(
+            status,
+            f"✗ Right result, but {why}",
+            statements=log.count,
+            budget=verdict.budget,
+            entities=verdict.entities,
+        )
+
+    inserts = [s for s in log.statements if s.verb == "INSERT" and "cars" in s.sql.lower()]
+    seen = sum(s.parameter_sets * max(1, _rows_in(s)) for s in inserts)
+    if seen < rows:
+        return fail(
+            "around SQLAlchemy",
+            f"SQLAlchemy saw INSERTs for only {seen:,} of the {rows:,} rows ({facts}): the rows "
+            "went through the raw driver connection. Use the session: "
+            "session.execute(insert(Car), rows).",
+        )
+    baked = max((_rows_in(s) for s in log.statements if s.style == "execute"), default=0)
+    if verdict.status == "one huge statement":  # cl.check counted its bind values
+        return verdict
+    if baked > MAX_ROWS_PER_STATEMENT:
+        return fail(
+            "one huge statement",
+            f"one statement carried {baked:,} rows of VALUES in its SQL (at most "
+            f"{MAX_ROWS_PER_STATEMENT}): that is a multi-VALUES statement built from the rows, "
+            "with or without bind parameters. Pass the rows as execute parameters "
+            "(executemany): session.execute(insert(Car), rows).",
+        )
+    if watch.legacy:
+        names = ", ".join(f"Session.{name}()" for name in watch.legacy)
+        return fail(
+            "legacy bulk API",
+            f"it used {names}, the legacy bulk API SQLAlchemy 2.0 keeps for compatibility. "
+            "Use the ORM bulk insert: session.execute(insert(Car), rows).",
+        )
+    if watch.cars_created[0]:
+        return fail(
+            "built objects",
+            f"it constructed {watch.cars_created[0]:,} Car objects ({facts}): the rows do not "
+            "need objects. Use the ORM bulk insert: session.execute(insert(Car), rows), one "
+            "executemany.",
+        )
+    if verdict.status == "over budget":
+        per_row = [s for s in inserts if s.parameter_sets == 1 and _rows_in(s) == 1]
+        on_sqlite = dialect == "sqlite"
+        if (
+            on_sqlite
+            and len(per_row) == rows
+            and all("RETURNING" in s.sql.upper() for s in per_row)
+        ):
+            return fail(
+                "over budget",
+                f"{log.count:,} statements (the budget is {verdict.budget}): SQLAlchemy itself "
+                "sent one INSERT ... RETURNING per row, because on SQLite ordered RETURNING "
+                "(sort_by_parameter_order=True) cannot be batched. The import needs no ids: "
+                "session.execute(insert(Car), rows).",
+            )
+        return verdict
+    if verdict.status != "passed":
+        return verdict
+    if commits > MAX_COMMITS:
+        return fail(
+            "too many commits",
+            f"{facts}: commit the batch once (each commit is a durable write, and a round "
+            "trip on a network).",
+        )
+    return verdict
+
+
 def _import_check_args(rows: Sequence[dict[str, Any]] | None) -> tuple[list, dict[str, Any]]:
     batch = list(import_batch() if rows is None else rows)
     judges = {
         "expected": expected_import(batch),
         "budget": IMPORT_BUDGET,
         "max_parameters": MAX_BIND_VALUES,
+        "max_objects": 0,
     }
     return batch, judges
 
@@ -823,14 +1160,20 @@ def check_import(
     db: Backend,
     rows: Sequence[dict[str, Any]] | None = None,
 ) -> CheckResult:
-    """Judge a sync ``import_fn(session, rows)``: rows read back, statement budget, bind values.
+    """Judge a sync ``import_fn(session, rows)``.
 
-    Rejects a commit per row and ``add_all`` on SQLite (over budget: one INSERT per row),
-    ``insert(Car).values(rows)`` (one huge statement), missing rows or a missing commit
-    (wrong result).
+    ``cl.check`` judges the rows read back (a missing commit or missing rows: wrong
+    result), the statement budget, the bind values per statement and objects loaded; this
+    check adds: every row went through a counted INSERT (not the raw driver), no plainly
+    executed statement has more than :data:`MAX_ROWS_PER_STATEMENT` rows of VALUES in its
+    SQL (``literal_binds`` or an f-string), no legacy ``bulk_*`` method, no ``Car`` object
+    constructed (``add``/``add_all``/``bulk_save_objects``, on every backend), and at most
+    :data:`MAX_COMMITS` commit.
     """
     batch, judges = _import_check_args(rows)
-    return check(importing(import_fn, batch), db, **judges)
+    with _watch_import(db) as watch:
+        verdict = check(importing(import_fn, batch), db, **judges)
+    return _judge_import(verdict, watch, batch, db.name)
 
 
 async def acheck_import(
@@ -840,4 +1183,6 @@ async def acheck_import(
 ) -> CheckResult:
     """Like :func:`check_import` for ``async def import_fn(session, rows)`` (an AsyncSession)."""
     batch, judges = _import_check_args(rows)
-    return await acheck(importing(import_fn, batch), db, **judges)
+    with _watch_import(db) as watch:
+        verdict = await acheck(importing(import_fn, batch), db, **judges)
+    return _judge_import(verdict, watch, batch, db.name)
