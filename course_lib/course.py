@@ -13,6 +13,8 @@ each backend holds that scale's dataset (building it only when missing), and ret
 from __future__ import annotations
 
 import sys
+import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -181,29 +183,55 @@ def _minimal_traceback_for_this_cell() -> None:
     shell.events.register("post_run_cell", restore)
 
 
+def free_frames(error: BaseException | None) -> None:
+    """Clear the frames of an error and of every error it wraps, freeing what they hold now."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)  # skips frames still running
+        orig = getattr(current, "orig", None)
+        pending += [current.__cause__, current.__context__]
+        if isinstance(orig, BaseException):
+            pending.append(orig)
+
+
 @contextmanager
 def short_errors(limit: int = 160) -> Iterator[None]:
-    """Show an error raised in the block as one short message.
+    """Show an error raised in the block as one short message, and leave nothing behind.
 
     A statement with 30,000 bind parameters is hundreds of kilobytes of SQL, and
     SQLAlchemy's error message repeats all of it, under a long traceback through
     SQLAlchemy's internals. This trims the SQL in a ``StatementError`` to its first
     ``limit`` characters and, in IPython, reports this cell's error as its type and message
-    only (the traceback mode is restored after the cell). The exception itself is re-raised
-    unchanged otherwise.
+    only (the traceback mode is restored after the cell). It also frees what the error's
+    frames hold: when a lazy load raises ``MissingGreenlet`` under aiosqlite, the driver's
+    cursor coroutine is left un-awaited in a frame, and Python would warn about it (with a
+    path of this machine) when it is collected, cells later. The exception itself is
+    re-raised unchanged otherwise.
 
     >>> with short_errors():
     ...     raise ValueError("boom")
     Traceback (most recent call last):
     ValueError: boom
     """
-    try:
-        yield
-    except StatementError as exc:
-        if exc.statement and len(exc.statement) > limit:
-            exc.statement = exc.statement[:limit] + " …"
-        _minimal_traceback_for_this_cell()
-        raise
-    except Exception:
-        _minimal_traceback_for_this_cell()
-        raise
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning
+        )
+        try:
+            yield
+        except StatementError as exc:
+            if exc.statement and len(exc.statement) > limit:
+                exc.statement = exc.statement[:limit] + " …"
+            free_frames(exc)
+            _minimal_traceback_for_this_cell()
+            raise
+        except Exception as exc:
+            free_frames(exc)
+            _minimal_traceback_for_this_cell()
+            raise

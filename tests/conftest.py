@@ -22,6 +22,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,15 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty COURSE_DATA_DIR (no saved settings) and no COURSE_SCALE / COURSE_BACKENDS."""
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("COURSE_SCALE", raising=False)
+    monkeypatch.delenv("COURSE_BACKENDS", raising=False)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import ipywidgets as widgets
 import pandas as pd
 import pytest
 
-from course_lib.backends import checkout_tag, scratch_database
+from course_lib.backends import Backend, checkout_tag, scratch_database
 from course_lib.course import Course, setup
 from course_lib.environment import PACKAGES, environment_report, servers_ready
 from course_lib.settings import CourseConfigError, data_dir
@@ -31,15 +31,6 @@ def course(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Course]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COURSE_DATA_DIR", str(tmp_path_factory.mktemp("course")))
         yield setup(scale="tiny", backends="sqlite")
-
-
-@pytest.fixture
-def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty COURSE_DATA_DIR, no COURSE_SCALE / COURSE_BACKENDS."""
-    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("COURSE_SCALE", raising=False)
-    monkeypatch.delenv("COURSE_BACKENDS", raising=False)
-    return tmp_path
 
 
 # ---------------------------------------------------------------------- Course
@@ -383,3 +374,32 @@ def test_setup_resolves_the_scale_once(fresh: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("COURSE_SCALE", "medium")
     assert course.rebuild(progress=False)["rows"].tolist() == [261]
     assert course.scratch("unit", filled=True).row_counts()["sqlite"].sum() == 261
+
+
+def test_short_errors_frees_what_a_raising_cell_abandoned(sqlite_db: Backend) -> None:
+    """aiosqlite's MissingGreenlet leaves a never-awaited coroutine: no warning escapes."""
+    import asyncio
+    import gc
+    import warnings
+
+    from sqlalchemy import select
+    from sqlalchemy.exc import StatementError
+
+    from course_lib.course import short_errors
+    from course_lib.models import User
+
+    async def loop_in_cell() -> None:
+        try:
+            with short_errors():
+                async with sqlite_db.AsyncSession() as session:
+                    users = (await session.scalars(select(User).limit(3))).all()
+                    [len(user.posts) for user in users]  # a lazy load with no await
+        finally:
+            await sqlite_db.engine.dispose()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(StatementError, match="MissingGreenlet"):
+            asyncio.run(loop_in_cell())
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []

@@ -24,16 +24,6 @@ from course_lib.settings import (
     seed,
 )
 
-
-@pytest.fixture
-def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty COURSE_DATA_DIR (no saved settings) and no COURSE_SCALE / COURSE_BACKENDS."""
-    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("COURSE_SCALE", raising=False)
-    monkeypatch.delenv("COURSE_BACKENDS", raising=False)
-    return tmp_path
-
-
 # ----------------------------------------------------------------------------- scales
 
 

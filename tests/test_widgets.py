@@ -16,14 +16,6 @@ from course_lib.widgets import (
 )
 
 
-@pytest.fixture
-def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("COURSE_SCALE", raising=False)
-    monkeypatch.delenv("COURSE_BACKENDS", raising=False)
-    return tmp_path
-
-
 def test_plain_text_says_what_the_cell_is(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """text/plain is one sentence with the choice in force, never VBox(children=...)."""
     monkeypatch.setenv("COURSE_SCALE", "small")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateIndex
 
 from ..backends import Backend
+from ..course import free_frames
 from ..exercises import CheckResult, check
 from ..measure import acompare, count_statements, label_of
 from ..models import Base, Car, Dealership, Post, User
@@ -53,7 +53,6 @@ __all__ = [
     "drop_author_index",
     "error_name",
     "error_names",
-    "freed_on_error",
     "has_author_index",
     "index_ab",
     "judged_data",
@@ -111,50 +110,10 @@ async def error_name(action: Callable[[], Any]) -> str:
                 await result
         except Exception as error:
             name = _describe(error)
-            _release(error)
+            free_frames(error)
         else:
             name = "no error"
     return name
-
-
-def _release(error: BaseException | None) -> None:
-    """Clear the frames of an error and of every error it wraps, freeing what they hold now."""
-    seen: set[int] = set()
-    pending = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if current.__traceback__ is not None:
-            traceback.clear_frames(current.__traceback__)
-        orig = getattr(current, "orig", None)
-        pending += [current.__cause__, current.__context__]
-        if isinstance(orig, BaseException):
-            pending.append(orig)
-
-
-@contextmanager
-def freed_on_error() -> Iterator[None]:
-    """Re-raise an error from the block unchanged, after freeing what its frames hold.
-
-    When a lazy load raises ``MissingGreenlet`` under aiosqlite, the driver's cursor
-    coroutine is left un-awaited in a frame of the traceback; Python warns about it when it
-    is garbage-collected, cells later. Freed here, inside the block, it warns nowhere. Use
-    it inside ``cl.short_errors()`` in a cell meant to raise::
-
-        with cl.short_errors(), lesson.freed_on_error():
-            ...
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning
-        )
-        try:
-            yield
-        except Exception as error:
-            _release(error)
-            raise
 
 
 async def error_names(
@@ -648,7 +607,7 @@ def check_dealership_report(
                 verdict = _judge(fn, judged, since, budget)
             except Exception as error:  # the learner's code raised: say what, in one line
                 first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                _release(error)
+                free_frames(error)
                 return CheckResult(
                     "raised", f"✗ It raised {type(error).__name__}: {first[:200]}", budget=budget
                 )

@@ -585,21 +585,6 @@ def test_check_reports_an_untouched_stub(sqlite_db: Backend) -> None:
     assert not verdict.passed
 
 
-def test_freed_on_error_reraises_and_no_warning_escapes(sqlite_db: Backend) -> None:
-    """A raising cell's abandoned aiosqlite coroutine is freed before the cell ends."""
-
-    async def loop_in_cell() -> None:
-        with lesson.freed_on_error():
-            await _loop_over_posts(sqlite_db)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with pytest.raises(StatementError, match="MissingGreenlet"):
-            _run(sqlite_db, loop_in_cell)
-        gc.collect()
-    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
-
-
 def test_ratios_line_up_local_and_simulated_rows_by_backend() -> None:
     local = pd.DataFrame(
         {"strategy": ["slow", "fast"], "backend": ["sqlite"] * 2, "n": [5, 5], "median_ms": [9, 3]}
