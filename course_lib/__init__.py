@@ -21,7 +21,7 @@ from .claims import ClaimFailed, claim
 from .course import Course, setup, short_errors
 from .environment import environment_report, servers_ready
 from .exercises import CheckResult, acheck, check, objects_built
-from .explain import Plan, aexplain, explain
+from .explain import Plan, PlanNode, aexplain, explain
 from .measure import (
     RoundTrip,
     StatementLog,
@@ -44,7 +44,7 @@ from .measure import (
     table,
 )
 from .navigation import course_map_table
-from .plots import bar_chart, fitted_slopes, scaling_chart
+from .plots import bar_chart, fitted_slopes, plan_tree_chart, scaling_chart
 from .references import check_comments_written
 from .settings import CourseConfigError, scales_table
 from .widgets import settings_picker
@@ -55,6 +55,7 @@ __all__ = [
     "Course",
     "CourseConfigError",
     "Plan",
+    "PlanNode",
     "RoundTrip",
     "StatementLog",
     "Timing",
@@ -79,6 +80,7 @@ __all__ = [
     "label_of",
     "objects_built",
     "peak_memory",
+    "plan_tree_chart",
     "quartiles",
     "round_trip_ms",
     "scales_table",

@@ -171,3 +171,84 @@ def scaling_chart(frame: pd.DataFrame, title: str | None = None, y: str = "media
         fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def _tree_layout(roots: list[Any]) -> dict[int, tuple[float, float]]:
+    """x, y for every node: leaves side by side, each parent centred over its children."""
+    where: dict[int, tuple[float, float]] = {}
+    next_leaf = [0.0]
+
+    def place(node: Any, depth: int) -> float:
+        if node.children:
+            xs = [place(child, depth + 1) for child in node.children]
+            x = sum(xs) / len(xs)
+        else:
+            x = next_leaf[0]
+            next_leaf[0] += 1.0
+        where[id(node)] = (x, -float(depth))
+        return x
+
+    for root in roots:
+        place(root, 0)
+    return where
+
+
+def _node_label(node: Any, total_ms: float | None) -> str:
+    """A plan node's box text: what it does, the rows (estimated against actual), its time."""
+    lines = [node.detail if len(node.detail) <= 38 else node.detail[:36] + "…"]
+    if node.estimated_rows is not None and node.actual_rows is not None:
+        loops = f" × {node.loops} loops" if node.loops and node.loops > 1 else ""
+        lines.append(f"est {node.estimated_rows:,.0f} · actual {node.actual_rows:,.0f}{loops}")
+    elif node.estimated_rows is not None:
+        lines.append(f"est {node.estimated_rows:,.0f} rows")
+    if total_ms and node.exclusive_ms is not None:
+        lines.append(f"{100 * node.exclusive_ms / total_ms:.0f}% of the time")
+    return "\n".join(lines)
+
+
+def plan_tree_chart(plan: Any, title: str | None = None) -> Figure:
+    """A query plan drawn as a tree, each node shaded by its share of the actual time.
+
+    PostgreSQL plans (EXPLAIN ANALYZE, from FORMAT JSON) show estimated and actual rows and
+    each node's own time as a share of the whole; SQLite plans (no timings) shade full
+    scans red and index searches green.
+    """
+    roots = [n for n in plan.nodes if n.depth == 0]
+    where = _tree_layout(roots)
+    total = sum(n.actual_total_ms or 0.0 for n in roots) or None
+    width = max(x for x, _ in where.values()) + 1
+    height = -min(y for _, y in where.values()) + 1
+    with _style():
+        fig, ax = plt.subplots(figsize=(max(6.0, 3.1 * width), max(2.2, 1.25 * height)))
+        cmap = plt.get_cmap("Oranges")
+        for node in plan.nodes:
+            x, y = where[id(node)]
+            for child in node.children:
+                cx, cy = where[id(child)]
+                ax.plot([x, cx], [y, cy], color="0.6", lw=1, zorder=1)
+            if total and node.exclusive_ms is not None:
+                face = cmap(0.1 + 0.8 * min(node.exclusive_ms / total, 1.0))
+            elif node.full and node.relation:
+                face = "#f4b6b6"
+            elif node.index or "PRIMARY KEY" in node.detail:
+                face = "#b9e4c0"
+            else:
+                face = "0.92"
+            ax.text(
+                x,
+                y,
+                _node_label(node, total),
+                ha="center",
+                va="center",
+                fontsize=8,
+                zorder=2,
+                bbox={"boxstyle": "round,pad=0.4", "fc": face, "ec": "0.4"},
+            )
+        ax.set_xlim(-0.6, width - 0.4)
+        ax.set_ylim(-height + 0.5, 0.5)
+        ax.axis("off")
+        shade = "share of actual time" if total else "red: full scan, green: index"
+        ax.set_title(f"{title or 'Plan'} · {plan.backend} ({shade})")
+        fig.tight_layout()
+        plt.close(fig)
+    return fig

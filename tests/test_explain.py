@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Index, delete, func, insert, select, update
 
 from course_lib.backends import Backend
-from course_lib.explain import Plan, aexplain, explain
+from course_lib.data import reset_schema
+from course_lib.explain import Plan, PlanNode, aexplain, explain
 from course_lib.measure import count_statements
-from course_lib.models import Car, Tag
+from course_lib.models import Car, Post, Tag, User
+from course_lib.plots import plan_tree_chart
 
 
 @pytest.fixture(params=["pg_service", "pg_embedded"])
@@ -75,15 +77,17 @@ def test_parameters_stay_bound(any_db: Backend) -> None:
     """The EXPLAIN sent to the driver carries a placeholder, not the literal value."""
     with count_statements(any_db) as log:
         explain(any_db, select(Car).where(Car.price < 4999))
-    assert log.count == 1
-    (sql,) = log.sql
-    assert "4999" not in sql
     if any_db.name == "sqlite":
+        (sql,) = log.sql
         assert sql.startswith("EXPLAIN QUERY PLAN SELECT")
         assert "cars.price < ?" in sql
-    else:
-        assert sql.startswith("EXPLAIN (ANALYZE, BUFFERS) SELECT")
-        assert "cars.price < %(price_1)s" in sql
+        assert "4999" not in sql
+    else:  # the text plan to read, then the JSON plan for the nodes
+        text_sql, json_sql = log.sql
+        assert text_sql.startswith("EXPLAIN (ANALYZE, BUFFERS) SELECT")
+        assert json_sql.startswith("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT")
+        for sql in log.sql:
+            assert "cars.price < %(price_1)s" in sql and "4999" not in sql
 
 
 def test_costs_off_on_postgresql(pg_db: Backend) -> None:
@@ -230,3 +234,105 @@ def test_plan_without_index() -> None:
     plan = Plan("postgresql", ["Seq Scan on cars  (cost=0.00..1.75 rows=60 width=45)"], False)
     assert plan.uses_index() is False
     assert plan.full_scans() == ["Seq Scan on cars"]
+
+
+# ---------------------------------------------------------------------- plan nodes
+
+
+def test_nodes_of_a_join_on_postgresql(pg_db: Backend) -> None:
+    """Nodes carry the text format's names, tables, estimated and actual rows, and times."""
+    stmt = (
+        select(User.name, func.count(Post.id))
+        .join(Post)
+        .where(User.id < 6)
+        .group_by(User.name)
+        .order_by(User.name)
+    )
+    with pg_db.sync_engine.connect() as conn:
+        conn.exec_driver_sql("SET enable_hashagg = on")
+        conn.commit()
+        plan = explain(conn, stmt)
+    types = plan.node_types()
+    assert types[0] == "Sort"
+    assert any(t in ("HashAggregate", "GroupAggregate") for t in types)
+    assert {n.relation for n in plan.nodes if n.relation} == {"users", "posts"}
+    scans = [n for n in plan.nodes if n.relation]
+    assert all(n.estimated_rows is not None and n.actual_rows is not None for n in scans)
+    assert all(n.exclusive_ms is not None and n.exclusive_ms >= 0 for n in plan.nodes)
+    assert plan.nodes[0].actual_rows == 5  # five users, one row each
+    assert plan.tree is not None and plan.tree["Plan"]["Node Type"] == "Sort"
+    assert len(plan.nodes[0].children) == 1
+    frame = plan.frame()
+    assert list(frame["node_type"].str.strip()) == types
+    assert {"estimated_rows", "actual_rows", "loops", "misestimate"} <= set(frame.columns)
+
+
+def test_index_names_and_full_index_scans_on_postgresql(pg_db: Backend) -> None:
+    """An index scan with a condition seeks; one without reads the whole index."""
+    with pg_db.sync_engine.connect() as conn:
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        conn.commit()
+        try:
+            seek = explain(conn, select(Car.id).where(Car.id == 3))
+            walk = explain(conn, select(Car.id).order_by(Car.id))
+        finally:
+            conn.exec_driver_sql("RESET enable_seqscan")
+            conn.commit()
+    assert seek.index_names() == ["cars_pkey"] and seek.full_index_scans() == []
+    assert walk.index_names() == ["cars_pkey"]
+    assert walk.full_index_scans() == ["Index Only Scan using cars_pkey on cars"]
+    assert walk.find("Index Only Scan")[0].covering is True
+
+
+def test_dml_nodes_on_postgresql(pg_db: Backend) -> None:
+    """An UPDATE's top node is named as in the text plan; both runs are rolled back."""
+    before = _price(pg_db, 1)
+    plan = explain(pg_db, update(Car).where(Car.id == 1).values(price=before + 1))
+    assert plan.node_types()[0] == "Update"
+    assert plan.nodes[0].relation == "cars"
+    assert _price(pg_db, 1) == before
+
+
+def test_sqlite_nodes(sqlite_db: Backend) -> None:
+    """SQLite rows become SCAN/SEARCH nodes with their table and index, nested by parent."""
+    plan = explain(sqlite_db, select(Car).where(Car.id.in_(select(Car.id).limit(3))))
+    assert plan.node_types() == ["SCAN", "LIST SUBQUERY 1", "SCAN"]
+    assert [n.depth for n in plan.nodes] == [0, 0, 1]
+    assert plan.nodes[1].children == [plan.nodes[2]]
+    assert plan.nodes[0].full and plan.nodes[0].relation == "cars"
+    assert plan.index_names() == [] and plan.full_index_scans() == []
+    assert plan.tree is not None and len(plan.tree["Plans"]) == 2
+
+
+def test_sqlite_covering_and_search_nodes(
+    sqlite_db: Backend, fresh_database: Callable[[Backend, str], Backend]
+) -> None:
+    """A composite index: SEARCH with it, or SCAN it whole (covering) for an ORDER BY."""
+    db = reset_schema(fresh_database(sqlite_db, "explain_nodes"))
+    index = Index("ix_cars_make_year", Car.make, Car.year)
+    index.create(db.sync_engine)
+    seek = explain(db, select(Car.year).where(Car.make == "Ford", Car.year > 2000))
+    walk = explain(db, select(Car.make, Car.year).order_by(Car.make, Car.year))
+    assert seek.node_types() == ["SEARCH"] and seek.index_names() == ["ix_cars_make_year"]
+    assert seek.nodes[0].covering and not seek.nodes[0].full
+    assert walk.full_index_scans() == ["SCAN cars USING COVERING INDEX ix_cars_make_year"]
+    assert walk.full_scans() == []
+
+
+def test_misestimate() -> None:
+    """actual / estimated rows, with zero rows counted as half a row on either side."""
+    node = PlanNode("Seq Scan", 0, "Seq Scan on cars", estimated_rows=10, actual_rows=1000)
+    assert node.misestimate == 100
+    assert PlanNode("Seq Scan", 0, "x", estimated_rows=1, actual_rows=0).misestimate == 0.5
+    assert PlanNode("SCAN", 0, "SCAN cars").misestimate is None
+
+
+def test_plan_tree_chart_draws_a_box_per_node(any_db: Backend) -> None:
+    """One labelled box per node; PostgreSQL boxes show rows and their share of the time."""
+    plan = explain(any_db, select(Car).where(Car.id.in_(select(Car.id).limit(3))))
+    fig = plan_tree_chart(plan, "demo")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert len(texts) == len(plan.nodes)
+    assert fig.axes[0].get_title().startswith("demo · " + any_db.name)
+    if any_db.name == "postgresql":
+        assert all("est " in t and "actual " in t and "% of the time" in t for t in texts)
