@@ -21,7 +21,7 @@ from .claims import ClaimFailed, claim
 from .course import Course, setup, short_errors
 from .environment import environment_report, servers_ready
 from .exercises import CheckResult, acheck, check, objects_built
-from .explain import Plan, PlanNode, aexplain, explain
+from .explain import Plan, PlanNode, aexplain, analyze, explain, pause_autovacuum
 from .measure import (
     RoundTrip,
     StatementLog,
@@ -45,6 +45,7 @@ from .measure import (
 )
 from .navigation import course_map_table
 from .plots import bar_chart, fitted_slopes, plan_tree_chart, scaling_chart
+from .reading import source
 from .references import check_comments_written
 from .settings import CourseConfigError, scales_table
 from .widgets import settings_picker
@@ -64,6 +65,7 @@ __all__ = [
     "acompare",
     "added_latency",
     "aexplain",
+    "analyze",
     "apeak_memory",
     "ascaling",
     "bar_chart",
@@ -79,6 +81,7 @@ __all__ = [
     "fitted_slopes",
     "label_of",
     "objects_built",
+    "pause_autovacuum",
     "peak_memory",
     "plan_tree_chart",
     "quartiles",
@@ -91,6 +94,7 @@ __all__ = [
     "setup",
     "short_errors",
     "simulate_round_trip",
+    "source",
     "speedup",
     "table",
 ]

@@ -344,6 +344,26 @@ def _explain_on(conn: Connection, statement: Executable, analyze: bool, costs: b
     return Plan(dialect, lines, False, nodes, _sqlite_tree(nodes, parents, ids))
 
 
+def analyze(db: Backend) -> None:
+    """Run ``ANALYZE`` (outside a transaction): the planner's statistics, refreshed now."""
+    with db.sync_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE")
+
+
+def pause_autovacuum(db: Backend, table: str = "cars") -> bool:
+    """On PostgreSQL, stop autovacuum from analyzing ``table`` (on a scratch copy only).
+
+    Without it, autovacuum could refresh the estimate at any moment and the lesson's
+    "stale until ANALYZE" would be a race. SQLite has no autovacuum of statistics: no-op.
+    """
+    if db.name != "postgresql":
+        return False
+    with db.sync_engine.begin() as conn:
+        name = conn.dialect.identifier_preparer.quote(table)  # an identifier, not a value
+        conn.exec_driver_sql(f"ALTER TABLE {name} SET (autovacuum_enabled = false)")
+    return True
+
+
 def explain(
     target: Backend | Engine | Connection,
     statement: Executable,

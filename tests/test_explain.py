@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Index, delete, func, insert, select, update
+from sqlalchemy import Index, delete, func, insert, select, text, update
 
 from course_lib.backends import Backend
 from course_lib.data import reset_schema
-from course_lib.explain import Plan, PlanNode, aexplain, explain
+from course_lib.explain import Plan, PlanNode, aexplain, analyze, explain, pause_autovacuum
 from course_lib.measure import count_statements
 from course_lib.models import Car, Post, Tag, User
 from course_lib.plots import plan_tree_chart
@@ -336,3 +336,18 @@ def test_plan_tree_chart_draws_a_box_per_node(any_db: Backend) -> None:
     assert fig.axes[0].get_title().startswith("demo · " + any_db.name)
     if any_db.name == "postgresql":
         assert all("est " in t and "actual " in t and "% of the time" in t for t in texts)
+
+
+def test_pause_autovacuum_and_analyze(
+    any_db: Backend, fresh_database: Callable[[Backend, str], Backend]
+) -> None:
+    """autovacuum is switched off for one table on PostgreSQL only; ANALYZE fills the stats."""
+    db = reset_schema(fresh_database(any_db, "explain_stats"))
+    assert pause_autovacuum(db, "posts") is (db.name == "postgresql")
+    analyze(db)
+    if db.name == "postgresql":
+        with db.Session() as session:
+            options = session.scalar(
+                text("SELECT reloptions FROM pg_class WHERE relname = 'posts'")
+            )
+        assert options == ["autovacuum_enabled=false"]

@@ -41,7 +41,6 @@ import pandas as pd
 import sqlakeyset
 import sqlakeyset.asyncio
 import sqlakeyset.paging
-from IPython.display import Markdown
 from pandas.io.formats.style import Styler
 from sqlalchemy import (
     Column,
@@ -68,8 +67,9 @@ from ..backends import Backend
 from ..course import Course
 from ..data import generate
 from ..exercises import CheckResult, acheck, check
-from ..explain import Plan, explain
+from ..explain import Plan, analyze, explain, pause_autovacuum
 from ..models import Car, Dealership
+from ..reading import source
 from ..settings import Scale
 
 __all__ = [
@@ -706,12 +706,6 @@ def rows_scanned(plan: Plan) -> int:
     return total
 
 
-def source(*functions: Callable[..., Any]) -> Markdown:
-    """The source of ``functions`` as one highlighted Python block, to read in a notebook."""
-    code = "\n\n".join(inspect.getsource(fn).rstrip() for fn in functions)
-    return Markdown(f"```python\n{code}\n```")
-
-
 # ------------------------------------------------------------------ the exercise timing
 
 
@@ -870,25 +864,6 @@ def library_price_page(session: Session, cursor: tuple[int, int] | None, size: i
 
 
 # ------------------------------------------------------------------ estimates, refreshed
-
-
-def analyze(db: Backend) -> None:
-    """Run ``ANALYZE`` (outside a transaction): the planner's statistics, refreshed now."""
-    with db.sync_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("ANALYZE")
-
-
-def pause_autovacuum(db: Backend) -> bool:
-    """On PostgreSQL, stop autovacuum from analyzing this ``cars`` table (a scratch copy only).
-
-    Without it, autovacuum could refresh the estimate at any moment and the lesson's
-    "stale until ANALYZE" would be a race. SQLite has no autovacuum of statistics: no-op.
-    """
-    if db.name != "postgresql":
-        return False
-    with db.sync_engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE cars SET (autovacuum_enabled = false)")
-    return True
 
 
 # ------------------------------------------------------------------------ the exercise check
