@@ -28,6 +28,9 @@ class ClaimFailed(AssertionError):
 
 
 def _all(held: Any) -> bool:
+    """True when ``held`` holds everywhere: a bool, or every cell of a Series or DataFrame."""
+    if hasattr(held, "to_numpy"):
+        return bool(held.to_numpy().all())
     if hasattr(held, "all"):
         return bool(held.all())
     return bool(held)

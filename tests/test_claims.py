@@ -58,3 +58,12 @@ def test_a_claim_on_too_few_rows_is_not_made(
     assert not log.exists()
     with pytest.raises(ClaimFailed):
         claim("keyset beats OFFSET", False, rows=50_000)
+
+
+def test_a_claim_on_a_frame_holds_only_when_every_cell_does() -> None:
+    """A DataFrame of booleans (backends x sizes) is judged cell by cell."""
+    frame = pd.DataFrame({"sqlite": [True, True], "postgresql": [True, True]})
+    assert claim("every cell", frame) is True
+    frame.loc[1, "postgresql"] = False
+    with pytest.raises(ClaimFailed):
+        claim("every cell", frame)

