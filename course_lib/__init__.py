@@ -17,11 +17,33 @@ prints one line saying how to turn it on otherwise. Cells meant to raise wrap th
 code in ``with cl.short_errors():``.
 """
 
+from .budgets import (
+    BudgetError,
+    NPlusOneDetected,
+    StatementBudgetExceeded,
+    find_n_plus_one,
+    no_n_plus_one,
+    statement_budget,
+    statement_shape,
+)
 from .claims import ClaimFailed, claim
 from .course import Course, setup, short_errors
 from .environment import environment_report, servers_ready
 from .exercises import CheckResult, acheck, check, objects_built
-from .explain import Plan, PlanNode, aexplain, analyze, explain, pause_autovacuum
+from .explain import (
+    Explain,
+    Plan,
+    PlanNode,
+    Sent,
+    aexplain,
+    aexplain_sent,
+    analyze,
+    explain,
+    explain_sent,
+    pause_autovacuum,
+    plan_from_rows,
+    sent_statements,
+)
 from .measure import (
     RoundTrip,
     StatementLog,
@@ -43,28 +65,39 @@ from .measure import (
     speedup,
     table,
 )
+from .metrics import EngineMetrics, histogram_quantile, instrument, statement_kind
 from .navigation import course_map_table
 from .plots import bar_chart, fitted_slopes, plan_tree_chart, scaling_chart
+from .query_log import log_slow_queries, normalize_sql, tag_origin, top_statements
 from .reading import source
 from .references import check_comments_written
 from .settings import CourseConfigError, scales_table
+from .tracing import Traces, span_frame, tracing, waterfall_chart
 from .widgets import settings_picker
 
 __all__ = [
+    "BudgetError",
     "CheckResult",
     "ClaimFailed",
     "Course",
     "CourseConfigError",
+    "EngineMetrics",
+    "Explain",
+    "NPlusOneDetected",
     "Plan",
     "PlanNode",
     "RoundTrip",
+    "Sent",
+    "StatementBudgetExceeded",
     "StatementLog",
     "Timing",
+    "Traces",
     "abenchmark",
     "acheck",
     "acompare",
     "added_latency",
     "aexplain",
+    "aexplain_sent",
     "analyze",
     "apeak_memory",
     "ascaling",
@@ -78,23 +111,40 @@ __all__ = [
     "course_map_table",
     "environment_report",
     "explain",
+    "explain_sent",
+    "find_n_plus_one",
     "fitted_slopes",
+    "histogram_quantile",
+    "instrument",
     "label_of",
+    "log_slow_queries",
+    "no_n_plus_one",
+    "normalize_sql",
     "objects_built",
     "pause_autovacuum",
     "peak_memory",
+    "plan_from_rows",
     "plan_tree_chart",
     "quartiles",
     "round_trip_ms",
     "scales_table",
     "scaling",
     "scaling_chart",
+    "sent_statements",
     "servers_ready",
     "settings_picker",
     "setup",
     "short_errors",
     "simulate_round_trip",
     "source",
+    "span_frame",
     "speedup",
+    "statement_budget",
+    "statement_kind",
+    "statement_shape",
     "table",
+    "tag_origin",
+    "top_statements",
+    "tracing",
+    "waterfall_chart",
 ]

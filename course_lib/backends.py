@@ -419,7 +419,7 @@ def _stop_redis_in(folder: Path) -> bool:
 
 
 def stop_servers(folder: Path | None = None) -> list[str]:
-    """Stop the embedded PostgreSQL and Redis kept in ``folder`` (default: the data folder).
+    """Stop the embedded PostgreSQL, Redis and PgBouncer kept in ``folder`` (default: data folder).
 
     ``make clean`` runs this before deleting ``.course``; the test suite runs it on its
     temporary folder. Returns what was stopped, e.g. ``["postgresql", "redis"]``.
@@ -433,6 +433,10 @@ def stop_servers(folder: Path | None = None) -> list[str]:
         stopped.append("postgresql")
     if _stop_redis_in(folder / "redis"):
         stopped.append("redis")
+    from .pgbouncer import stop_pgbouncers  # notebook 09's PgBouncer lives in the folder too
+
+    if stop_pgbouncers(folder):
+        stopped.append("pgbouncer")
     return stopped
 
 

@@ -128,12 +128,12 @@ def rows_fetched(target: Backend | Engine) -> Iterator[RowTally]:
         if context is None:
             return
         current, inner = context.cursor, context.cursor
-        while isinstance(inner, _CountingCursor):  # nested tallies each count every row
-            if inner._tally is tally:  # one context, many batches (insertmanyvalues)
-                return
-            inner = inner._cursor
-        if inner is cursor:
-            context.cursor = _CountingCursor(current, tally)
+        while inner is not cursor and inner is not None:  # wrappers around the driver's cursor
+            if isinstance(inner, _CountingCursor) and inner._tally is tally:
+                return  # one context, many batches (insertmanyvalues): counted once
+            # another listener's wrapper (a slow-query log, another tally) counts on top
+            inner = getattr(inner, "_cursor", getattr(inner, "cursor", None))
+        context.cursor = _CountingCursor(current, tally)
 
     engines = (
         [target.sync_engine, target.engine.sync_engine] if isinstance(target, Backend) else [target]

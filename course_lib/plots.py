@@ -198,6 +198,7 @@ def _node_label(node: Any, total_ms: float | None) -> str:
     lines = [node.detail if len(node.detail) <= 38 else node.detail[:36] + "…"]
     if node.estimated_rows is not None and node.actual_rows is not None:
         loops = f" × {node.loops} loops" if node.loops and node.loops > 1 else ""
+        loops += " (parallel)" if loops and node.parallel else ""
         lines.append(f"est {node.estimated_rows:,.0f} · actual {node.actual_rows:,.0f}{loops}")
     elif node.estimated_rows is not None:
         lines.append(f"est {node.estimated_rows:,.0f} rows")
@@ -210,8 +211,10 @@ def plan_tree_chart(plan: Any, title: str | None = None) -> Figure:
     """A query plan drawn as a tree, each node shaded by its share of the actual time.
 
     PostgreSQL plans (EXPLAIN ANALYZE, from FORMAT JSON) show estimated and actual rows and
-    each node's own time as a share of the whole; SQLite plans (no timings) shade full
-    scans red and index searches green.
+    each node's own time (``PlanNode.exclusive_ms``, wall time: processes of a parallel
+    plan run side by side) as a share of the root's, so the shares add up to about 100%.
+    They are the JSON run's figures, not those of the text plan printed beside it (two
+    executions). SQLite plans (no timings) shade full scans red and index searches green.
     """
     roots = [n for n in plan.nodes if n.depth == 0]
     where = _tree_layout(roots)

@@ -19,7 +19,7 @@ DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 GITIGNORE = REPO / ".gitignore"
 
-EXPECTED_SERVICES = {"postgres", "redis", "jupyter"}
+EXPECTED_SERVICES = {"postgres", "pgbouncer", "redis", "jupyter"}
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}
 VAR_EXPR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
@@ -90,11 +90,14 @@ def _env_example_names() -> set[str]:
 
 
 def test_services_and_images(services: dict[str, dict[str, Any]]) -> None:
-    """postgres and redis use pinned official images; jupyter is built from the Dockerfile."""
+    """postgres and redis use pinned official images, pgbouncer a pinned maintained one;
+    jupyter is built from the Dockerfile."""
     missing = EXPECTED_SERVICES - set(services)
     assert not missing, f"missing services: {sorted(missing)}"
     assert services["postgres"].get("image") == "postgres:16"
     assert services["redis"].get("image") == "redis:7"
+    image = services["pgbouncer"].get("image", "")
+    assert re.fullmatch(r"edoburu/pgbouncer:v1\.\d+\.\d+(-p\d+)?", image), image
 
     build = services["jupyter"].get("build")
     assert build is not None, "jupyter must be built from the repository"
@@ -117,6 +120,7 @@ def test_healthchecks(services: dict[str, dict[str, Any]], name: str) -> None:
     command = " ".join(test) if isinstance(test, list) else test
     expected = {
         "postgres": "pg_isready",
+        "pgbouncer": "pg_isready -h 127.0.0.1 -p 6432",
         "redis": "redis-cli ping",
         "jupyter": "http://127.0.0.1:8888/api",
     }[name]
@@ -124,10 +128,10 @@ def test_healthchecks(services: dict[str, dict[str, Any]], name: str) -> None:
 
 
 def test_jupyter_waits_for_healthy_backends(services: dict[str, dict[str, Any]]) -> None:
-    """jupyter starts only once postgres and redis report healthy."""
+    """jupyter starts only once postgres, pgbouncer and redis report healthy."""
     depends_on = services["jupyter"].get("depends_on")
     assert isinstance(depends_on, dict), "jupyter.depends_on must use the long (mapping) form"
-    for backend in ("postgres", "redis"):
+    for backend in ("postgres", "pgbouncer", "redis"):
         assert backend in depends_on, f"jupyter does not depend on {backend}"
         assert depends_on[backend].get("condition") == "service_healthy"
 
@@ -143,7 +147,7 @@ def test_ports_bound_to_localhost(services: dict[str, dict[str, Any]]) -> None:
                 assert isinstance(port, str), f"{name}: port {port!r} must be a quoted string"
                 assert port.startswith("127.0.0.1:"), f"{name}: {port!r} not bound to 127.0.0.1"
             published += 1
-    assert published >= 3, "expected published ports for postgres, redis and jupyter"
+    assert published >= 4, "expected published ports for postgres, pgbouncer, redis and jupyter"
 
 
 def test_repository_bind_mounted(services: dict[str, dict[str, Any]]) -> None:
@@ -174,6 +178,29 @@ def test_backend_urls_use_service_names(services: dict[str, dict[str, Any]]) -> 
     assert redis.hostname == "redis"
 
     assert env.get("COURSE_DATA_DIR") == "/workbook/.course"
+
+
+def test_pgbouncer_in_transaction_mode_in_front_of_postgres(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """pgbouncer pools the compose postgres in transaction mode, with postgres's credentials,
+    and jupyter reaches it at the port it listens on (COURSE_PGBOUNCER_URL)."""
+    bouncer = services["pgbouncer"]
+    env = _environment(bouncer)
+    assert env["POOL_MODE"] == "transaction"
+    assert env["DB_HOST"] == "postgres" and env["DB_PORT"] == "5432"
+    assert env["AUTH_TYPE"] == "scram-sha-256"  # postgres:16 stores SCRAM passwords
+    assert _is_reference(env["DB_USER"]) and _is_reference(env["DB_PASSWORD"])
+    assert VAR_EXPR.fullmatch(env["DB_PASSWORD"])[1] == "POSTGRES_PASSWORD"
+    assert env["ADMIN_USERS"] == env["DB_USER"]  # the lesson reads SHOW CONFIG as the app user
+    assert bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    listen = int(env["LISTEN_PORT"])
+    assert [str(p).rsplit(":", 1)[-1] for p in bouncer["ports"]] == [str(listen)]
+
+    url_text, placeholders = _substitute(_environment(services["jupyter"])["COURSE_PGBOUNCER_URL"])
+    url = urlsplit(url_text)
+    assert url.scheme == "postgresql" and url.hostname == "pgbouncer" and url.port == listen
+    assert url.password in placeholders, "the pgbouncer URL's password must come from a ${VAR}"
 
 
 def test_no_literal_secrets(services: dict[str, dict[str, Any]], compose: dict[str, Any]) -> None:

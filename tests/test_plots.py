@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from course_lib.plots import bar_chart, fitted_slopes, scaling_chart
+from course_lib.explain import plan_from_rows
+from course_lib.plots import bar_chart, fitted_slopes, plan_tree_chart, scaling_chart
 
 STRATEGIES = ["lazy loop", "selectinload", "joinedload"]
 BACKENDS = ["sqlite", "postgresql"]
@@ -171,3 +172,31 @@ def test_fitted_slopes() -> None:
     flat = frame.assign(median_ms=5.0)
     assert fitted_slopes(flat)["slope"].tolist() == [0.0, 0.0, 0.0]
     assert fitted_slopes(_frame([10], backends=["sqlite"])).empty
+
+
+def _node(kind: str, ms: float, loops: int, rows: int, *plans: dict, **extra: object) -> dict:
+    return {
+        "Node Type": kind,
+        "Plan Rows": rows,
+        "Actual Rows": rows,
+        "Actual Total Time": ms,
+        "Actual Loops": loops,
+        "Plans": list(plans),
+        **extra,
+    }
+
+
+def test_plan_tree_shares_of_a_parallel_plan_add_up() -> None:
+    """Workers run side by side: a node under a Gather counts its wall time, not time x loops,
+    so the boxes' shares of the root's time add up to 100% (they were 181% before)."""
+    scan = _node("Seq Scan", 5.0, 3, 100, **{"Parallel Aware": True, "Relation Name": "cars"})
+    partial = _node("Aggregate", 6.0, 3, 1, scan, Strategy="Plain")
+    gather = _node("Gather", 9.9, 1, 3, partial)
+    top = _node("Aggregate", 10.0, 1, 1, gather, Strategy="Plain")
+    plan = plan_from_rows("postgresql", [("Aggregate",)], [{"Plan": top}], True)
+    fig = plan_tree_chart(plan, "parallel")
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    shares = [int(label.splitlines()[-1].split("%")[0]) for label in labels]
+    assert sum(shares) == 100
+    assert "× 3 loops (parallel)" in labels[-1]
+    assert fig.axes[0].get_title() == "parallel · postgresql (share of actual time)"
