@@ -598,10 +598,14 @@ def test_check_leaves_nothing_behind(lots: Backend) -> None:
     "attempt", [gather_still_closing, gather_returning_exceptions, chunked_gather]
 )
 def test_check_passes_gather_answers(lots: Backend, attempt: Any) -> None:
-    """A cancelled gather returns before its tasks have closed: a note, not a failure."""
+    """A cancelled gather may return before its tasks have closed: a note, not a failure.
+
+    Whether it does is a race for the plain gathers (a note, or none); with
+    ``return_exceptions=True`` gather waits for every task, so there is never a note.
+    """
     verdict = _run(lesson.acheck_dashboards(attempt, lots))
     assert verdict.passed, verdict.message
-    if attempt is not gather_still_closing:
+    if attempt is gather_returning_exceptions:
         assert "Note:" not in verdict.message
 
 
