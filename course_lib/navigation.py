@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nbformat
-
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -141,6 +139,8 @@ def notebook_title(path: Path | str) -> str:
     >>> notebook_title(course_map()[0].path)  # doctest: +SKIP
     'Start here'
     """
+    import nbformat  # here, not at import: it costs every notebook's setup a second
+
     notebook = nbformat.read(str(path), as_version=4)
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
@@ -176,6 +176,8 @@ def nav_line(entries: Sequence[NotebookEntry], index: int) -> str:
 
 
 def _new_nav_cell(notebook: Any, source: str, cell_id: str) -> Any:
+    import nbformat
+
     cell = nbformat.v4.new_markdown_cell(source, metadata={"tags": [NAV_TAG]})
     if notebook.get("nbformat_minor", 0) < 5:
         cell.pop("id", None)  # cell ids only exist from nbformat 4.5 on
@@ -208,6 +210,8 @@ def update_notebooks(root: Path | str | None = None, check: bool = False) -> lis
     >>> update_notebooks(check=True)  # doctest: +SKIP
     []
     """
+    import nbformat
+
     entries = course_map(root)
     changed: list[Path] = []
     for index, entry in enumerate(entries):
