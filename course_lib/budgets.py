@@ -56,11 +56,11 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any, Literal
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .backends import Backend
-from .measure import _sync_engines
+from .measure import listening, sync_engines
 from .query_log import normalize_sql
 
 __all__ = [
@@ -409,7 +409,7 @@ def _engines(target: Target) -> list[Engine]:
         raise TypeError(
             f"watch an Engine, an AsyncEngine or a Backend, not {type(target).__name__}"
         )
-    return _sync_engines(target)
+    return sync_engines(target)
 
 
 @contextmanager
@@ -477,15 +477,8 @@ def watch_statements(
     hooks: list[tuple[str, Any]] = [("before_cursor_execute", before)]
     if not by_block:
         hooks += [("begin", begin), ("commit", end), ("rollback", end)]
-    for engine in engines:
-        for name, hook in hooks:
-            event.listen(engine, name, hook)
-    try:
+    with listening(engines, hooks):
         yield watch
-    finally:
-        for engine in engines:
-            for name, hook in hooks:
-                event.remove(engine, name, hook)
 
 
 @contextmanager

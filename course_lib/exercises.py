@@ -25,7 +25,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.orm import Mapper
 
 from .backends import Backend
-from .measure import StatementLog, count_statements
+from .measure import StatementLog, count_statements, listening
 
 
 @dataclass
@@ -135,16 +135,8 @@ def rows_fetched(target: Backend | Engine) -> Iterator[RowTally]:
             inner = getattr(inner, "_cursor", getattr(inner, "cursor", None))
         context.cursor = _CountingCursor(current, tally)
 
-    engines = (
-        [target.sync_engine, target.engine.sync_engine] if isinstance(target, Backend) else [target]
-    )
-    for engine in engines:
-        event.listen(engine, "after_cursor_execute", wrap)
-    try:
+    with listening(target, [("after_cursor_execute", wrap)]):
         yield tally
-    finally:
-        for engine in engines:
-            event.remove(engine, "after_cursor_execute", wrap)
 
 
 class _Attempt:

@@ -59,19 +59,21 @@ __all__ = [
     "count_statements",
     "iqr",
     "label_of",
+    "listening",
     "peak_memory",
     "quartiles",
     "round_trip_ms",
     "scaling",
     "simulate_round_trip",
     "speedup",
+    "sync_engines",
     "table",
 ]
 
 Target = Backend | Engine | AsyncEngine
 
 
-def _sync_engines(target: Target) -> list[Engine]:
+def sync_engines(target: Target) -> list[Engine]:
     """The sync-level engines whose events describe everything ``target`` sends."""
     if isinstance(target, Backend):
         # touch both so statements sent by either sync or async code are seen
@@ -79,6 +81,27 @@ def _sync_engines(target: Target) -> list[Engine]:
     if isinstance(target, AsyncEngine):
         return [target.sync_engine]
     return [target]
+
+
+@contextmanager
+def listening(
+    target: Target | Sequence[Engine], hooks: Sequence[tuple[str, Callable[..., Any]]]
+) -> Iterator[list[Engine]]:
+    """Attach engine event ``hooks`` (``(name, fn)`` pairs) for the block, then remove them.
+
+    ``target`` is a course Backend (both its engines), an Engine, an AsyncEngine, or a list
+    of engines. Yields the engines listened on.
+    """
+    engines = list(target) if isinstance(target, list | tuple) else sync_engines(target)
+    for engine in engines:
+        for name, hook in hooks:
+            event.listen(engine, name, hook)
+    try:
+        yield engines
+    finally:
+        for engine in engines:
+            for name, hook in hooks:
+                event.remove(engine, name, hook)
 
 
 # --------------------------------------------------------------------------- counting
@@ -208,16 +231,8 @@ def count_statements(target: Target) -> Iterator[StatementLog]:
 
     hooks = [("before_cursor_execute", before), ("after_cursor_execute", after)]
     hooks += [(name, boundary(name.upper())) for name in ("begin", "commit", "rollback")]
-    engines = _sync_engines(target)
-    for engine in engines:
-        for name, hook in hooks:
-            event.listen(engine, name, hook)
-    try:
+    with listening(target, hooks):
         yield log
-    finally:
-        for engine in engines:
-            for name, hook in hooks:
-                event.remove(engine, name, hook)
 
 
 # ------------------------------------------------------------------ simulated round trip
@@ -231,7 +246,7 @@ CHARGED_EVENTS = ("before_cursor_execute", "begin", "commit", "rollback")
 
 def round_trip_ms(target: Target) -> float:
     """The simulated delay per round trip requested on ``target`` now (0 when none)."""
-    return max((_round_trips.get(e, 0.0) for e in _sync_engines(target)), default=0.0)
+    return max((_round_trips.get(e, 0.0) for e in sync_engines(target)), default=0.0)
 
 
 @dataclass

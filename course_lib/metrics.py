@@ -52,7 +52,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .backends import Backend
-from .measure import _sync_engines
+from .measure import sync_engines
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -358,7 +358,7 @@ def instrument(
     engine, not its ``execution_options()`` copies: they share its events and its pool, so
     they are measured with it.
     """
-    engines = list(dict.fromkeys(e for target in targets for e in _sync_engines(target)))
+    engines = list(dict.fromkeys(e for target in targets for e in sync_engines(target)))
     if not engines:
         raise TypeError("instrument() needs at least one Engine, AsyncEngine or Backend")
     # instrumenting again replaces, never doubles: an earlier EngineMetrics listening on any

@@ -52,7 +52,7 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .backends import Backend
-from .measure import _sync_engines
+from .measure import sync_engines
 
 __all__ = ["Traces", "dependency_conflict", "span_frame", "tracing", "waterfall_chart"]
 
@@ -151,7 +151,7 @@ def tracing(target: Target) -> Iterator[Traces]:
     if instrumentor.is_instrumented_by_opentelemetry:  # a block left open by an interrupted cell
         instrumentor.uninstrument()
     # skip_dep_check: the package declares "sqlalchemy < 2.1" (see dependency_conflict)
-    engines = _sync_engines(target)
+    engines = sync_engines(target)
     instrumentor.instrument(engines=engines, tracer_provider=provider, skip_dep_check=True)
     try:
         yield Traces(provider, exporter, provider.get_tracer("course_lib.tracing"))

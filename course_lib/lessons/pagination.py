@@ -53,7 +53,6 @@ from sqlalchemy import (
     Table,
     column,
     delete,
-    event,
     func,
     insert,
     select,
@@ -68,6 +67,7 @@ from ..course import Course
 from ..data import generate
 from ..exercises import CheckResult, acheck, check
 from ..explain import Plan, analyze, explain, pause_autovacuum
+from ..measure import listening
 from ..models import Car, Dealership
 from ..reading import source
 from ..settings import Scale
@@ -1003,14 +1003,8 @@ def _sql_with_values(db: Backend) -> Iterator[list[tuple[str, Any]]]:
     def after(_conn: Any, _cur: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
         seen.append((sql, params))
 
-    engines = [db.sync_engine, db.engine.sync_engine]
-    for engine in engines:
-        event.listen(engine, "after_cursor_execute", after)
-    try:
+    with listening(db, [("after_cursor_execute", after)]):
         yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "after_cursor_execute", after)
 
 
 @dataclass

@@ -78,7 +78,7 @@ from ..backends import Backend, scratch_sibling
 from ..course import free_frames
 from ..data import reset_schema
 from ..exercises import CheckResult, check, rows_fetched
-from ..measure import quartiles
+from ..measure import listening, quartiles
 from ..models import Car, Comment, Post, Tag, User
 from ..plots import STYLE
 from ..query_log import (
@@ -933,16 +933,8 @@ def driver_time(db: Backend) -> Iterator[DriverClock]:
             context.cursor = _TimedCursor(context.cursor, clock)
 
     hooks = [("before_cursor_execute", before), ("after_cursor_execute", after)]
-    engines = [db.sync_engine, db.engine.sync_engine]
-    for engine in engines:
-        for name, hook in hooks:
-            event.listen(engine, name, hook)
-    try:
+    with listening(db, hooks):
         yield clock
-    finally:
-        for engine in engines:
-            for name, hook in hooks:
-                event.remove(engine, name, hook)
 
 
 def time_split(
