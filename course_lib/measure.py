@@ -451,13 +451,18 @@ def _next_number(number: int) -> int:
     return min(MAX_NUMBER, step * digits)
 
 
+#: What a sample is timed with: the wall clock, or the process's CPU time (``clock="cpu"``).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 class _Runs:
     """The timing of one strategy, driven by :func:`_plan` (sync and async alike).
 
     1. ``warmup`` calls, discarded; then, unless ``number`` is given, blocks of 1, 2, 5, 10,
        ... calls (discarded too) until one lasts ``min_sample_s``: that many calls make a
        sample, so each sample is long enough for ``perf_counter`` to time well;
-    2. ``repeats`` samples, timed with ``perf_counter``, with statements counted and
+    2. ``repeats`` samples, timed with ``perf_counter`` (``clock="cpu"``: the process's CPU
+       time, for strategies that only compute in Python), with statements counted and
        garbage-collector pauses clocked. Unless ``collect=False``, everything alive is
        collected once and frozen (:func:`_frozen`), and each sample starts after a
        ``gc.collect()`` of what the previous samples left: no sample pays for garbage made
@@ -474,7 +479,10 @@ class _Runs:
         number: int | None,
         min_sample_s: float,
         collect: bool,
+        clock: str = "wall",
     ):
+        if clock not in CLOCKS:
+            raise ValueError(f"clock={clock!r}: use one of {', '.join(CLOCKS)}")
         if repeats < MIN_REPEATS:
             raise ValueError(
                 f"repeats={repeats}: at least {MIN_REPEATS} samples are needed for an IQR"
@@ -485,6 +493,7 @@ class _Runs:
             raise ValueError("number must be >= 1")
         self.label, self.warmup, self.repeats, self.target = label, warmup, repeats, target
         self.number, self.min_sample_s, self.collect = number, min_sample_s, collect
+        self.now = CLOCKS[clock]
         self.runs: list[float] = []
         self.gc: list[float] = []
         self.statements: int | float | None = None
@@ -513,9 +522,9 @@ class _Runs:
 
     @contextmanager
     def _warmup(self, number: int) -> Iterator[None]:
-        start = time.perf_counter()
+        start = self.now()
         yield
-        self.last_call_s = time.perf_counter() - start  # of the whole block of `number` calls
+        self.last_call_s = self.now() - start  # of the whole block of `number` calls
 
     @contextmanager
     def _sample(self) -> Iterator[None]:
@@ -527,9 +536,9 @@ class _Runs:
             if self.target is not None:
                 log = stack.enter_context(count_statements(self.target))
             clock = stack.enter_context(_GcClock())
-            start = time.perf_counter()
+            start = self.now()
             yield
-            elapsed = time.perf_counter() - start
+            elapsed = self.now() - start
         self.runs.append(elapsed / number)
         self.gc.append(clock.seconds / number)
         if log is not None:  # the last sample: the steady state
@@ -583,7 +592,7 @@ def _plan(runs: Sequence[_Runs]) -> Iterator[tuple[int, int, Any]]:
 
 def _make_runs(labels: Sequence[str], target: Target | None, **timing: Any) -> list[_Runs]:
     options = {"warmup": 1, "repeats": MIN_REPEATS, "number": None}
-    options.update(min_sample_s=MIN_SAMPLE_S, collect=True)
+    options.update(min_sample_s=MIN_SAMPLE_S, collect=True, clock="wall")
     unknown = set(timing) - set(options)
     if unknown:
         raise TypeError(f"unknown timing option(s): {', '.join(sorted(unknown))}")
@@ -597,6 +606,7 @@ def _make_runs(labels: Sequence[str], target: Target | None, **timing: Any) -> l
             number=options["number"],
             min_sample_s=options["min_sample_s"],
             collect=options["collect"],
+            clock=options["clock"],
         )
         for label in labels
     ]
@@ -642,17 +652,21 @@ def benchmark(
     number: int | None = None,
     min_sample_s: float = MIN_SAMPLE_S,
     collect: bool = True,
+    clock: str = "wall",
 ) -> Timing:
     """Time ``fn()``: ``warmup`` discarded calls, then ``repeats`` samples (perf_counter).
 
     A sample is ``number`` calls in a row (calibrated from the warm-up when not given, so a
     sample lasts at least ``min_sample_s``), after a ``gc.collect()`` unless ``collect`` is
     false. With ``target``, the statements per call are counted too (in the last sample).
+    ``clock="cpu"`` times the process's CPU time instead of the wall clock: for work that only
+    computes in Python (building or compiling a statement), it leaves out the time the
+    process spent waiting for a core, so a busy machine does not reorder the strategies.
     """
     if inspect.iscoroutinefunction(fn):
         raise TypeError("fn is a coroutine function: use `await abenchmark(fn, ...)`")
     options = dict(warmup=warmup, repeats=repeats, number=number)
-    options.update(min_sample_s=min_sample_s, collect=collect)
+    options.update(min_sample_s=min_sample_s, collect=collect, clock=clock)
     return _run_all([fn], [label or label_of(fn)], target, **options)[0]
 
 
@@ -666,10 +680,11 @@ async def abenchmark(
     number: int | None = None,
     min_sample_s: float = MIN_SAMPLE_S,
     collect: bool = True,
+    clock: str = "wall",
 ) -> Timing:
     """Like :func:`benchmark`, awaiting ``fn()`` when it returns an awaitable."""
     options = dict(warmup=warmup, repeats=repeats, number=number)
-    options.update(min_sample_s=min_sample_s, collect=collect)
+    options.update(min_sample_s=min_sample_s, collect=collect, clock=clock)
     return (await _arun_all([fn], [label or label_of(fn)], target, **options))[0]
 
 
@@ -797,7 +812,7 @@ def scaling(
     ``calls_per_sample``, ``gc_ms`` (collector time per call), ``simulated_ms`` and ``ratio``
     (to the fastest at that backend and n). ``memory=True`` adds ``peak_kib``: tracemalloc's
     peak in one extra, untimed run. ``timing`` goes to :func:`benchmark` (``repeats``,
-    ``warmup``, ``number``, ``min_sample_s``, ``collect``).
+    ``warmup``, ``number``, ``min_sample_s``, ``collect``, ``clock``).
     """
     rows = []
     grid = list(_grid(strategies, backends, ns))

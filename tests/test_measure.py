@@ -783,3 +783,17 @@ def test_round_trips_count_transaction_boundaries(any_db: Backend) -> None:
         conn.execute(text("select 1"))
     assert log.transactions == {"BEGIN": 1, "COMMIT": 1}
     assert log.round_trips == 3
+
+
+def test_cpu_clock_leaves_out_waiting() -> None:
+    """clock="cpu" times the CPU the work used: a sleep costs the wall clock, not the CPU."""
+
+    def nap() -> None:
+        time.sleep(0.02)
+
+    wall = benchmark(nap, repeats=5, number=1)
+    cpu = benchmark(nap, repeats=5, number=1, clock="cpu")
+    assert wall.median_s >= 0.019
+    assert cpu.median_s < 0.005
+    with pytest.raises(ValueError, match="clock"):
+        benchmark(nap, repeats=5, number=1, clock="sundial")

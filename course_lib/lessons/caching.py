@@ -89,7 +89,7 @@ from ..caching import (
 from ..course import Course
 from ..data import generate
 from ..exercises import CheckResult, check
-from ..measure import count_statements
+from ..measure import compare, count_statements, label_of
 from ..models import Car, Comment, Dealership, Post, Tag, User
 from ..plots import STYLE
 from ..reading import source
@@ -122,6 +122,7 @@ __all__ = [
     "cache_markers",
     "check_summary_cache",
     "cold_session",
+    "compile_cpu_ms",
     "compile_request",
     "compile_shares",
     "connect_redis",
@@ -386,6 +387,23 @@ def compile_shares(frame: pd.DataFrame) -> pd.DataFrame:
     out["compile share of an uncached request"] = out["compile ms"] / out["uncached ms"]
     out["saved by the cache"] = 1 - out["cached ms"] / out["uncached ms"]
     return out.round(3)
+
+
+def compile_cpu_ms(
+    strategies: Sequence[Callable[[Backend, int], Any]],
+    backends: Sequence[Backend],
+    n: int = 7,
+) -> pd.DataFrame:
+    """The ``"<statement>: compile only"`` strategies, timed in CPU time: statement × backend.
+
+    Compiling is pure Python, so its CPU time is the honest measure of it: on a busy machine
+    the wall clock also counts the moments the process waited for a core, which can land
+    on one strategy's samples more than another's and reorder them.
+    """
+    only = [fn for fn in strategies if label_of(fn).endswith(": compile only")]
+    frame = compare(only, backends, n=n, repeats=9, clock="cpu")
+    frame["statement"] = frame["strategy"].str.removesuffix(": compile only")
+    return frame.pivot(index="statement", columns="backend", values="median_ms")
 
 
 # ------------------------------------------------------------------------ log markers
