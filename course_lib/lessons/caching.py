@@ -146,6 +146,7 @@ __all__ = [
     "multi_values_insert",
     "new_cars",
     "orm_select",
+    "orm_statements",
     "pickled_globals",
     "plain_search",
     "plans_used",
@@ -157,7 +158,6 @@ __all__ = [
     "run_layers",
     "sell",
     "sell_car",
-    "sent_statements",
     "shop_scratch",
     "simple_select",
     "source",
@@ -339,7 +339,7 @@ def dispose_uncached() -> int:
 _SENT: dict[tuple[str, str, Any, int], list[Any]] = {}
 
 
-def sent_statements(db: Backend, build: Callable[[int], Select], n: int) -> list[Any]:
+def orm_statements(db: Backend, build: Callable[[int], Select], n: int) -> list[Any]:
     """The statements a request for ``build(n)`` executes, as built (once per db, build, n).
 
     The ORM statement executes two: the post with its author, then ``selectinload``'s
@@ -359,11 +359,11 @@ def sent_statements(db: Backend, build: Callable[[int], Select], n: int) -> list
 def compile_request(db: Backend, build: Callable[[int], Select], n: int) -> list[Any]:
     """Compile every statement a request for ``build(n)`` sends, as the cache would skip.
 
-    The statements are caught once (:func:`sent_statements`, outside the timing after
+    The statements are caught once (:func:`orm_statements`, outside the timing after
     the first call) and compiled again on every call, without the engine's cache.
     """
     dialect = db.sync_engine.dialect
-    return [stmt.compile(dialect=dialect) for stmt in sent_statements(db, build, n)]
+    return [stmt.compile(dialect=dialect) for stmt in orm_statements(db, build, n)]
 
 
 def compile_shares(frame: pd.DataFrame) -> pd.DataFrame:

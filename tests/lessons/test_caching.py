@@ -284,8 +284,8 @@ def test_compile_shares() -> None:
 
 def test_compile_request_compiles_every_statement_the_request_sends(sqlite_db: Backend) -> None:
     db = sqlite_db  # the full tiny dataset: posts with tags
-    sent = lesson.sent_statements(db, lesson.orm_select, 7)
-    assert len(sent) == 2 and lesson.sent_statements(db, lesson.orm_select, 7) is sent
+    sent = lesson.orm_statements(db, lesson.orm_select, 7)
+    assert len(sent) == 2 and lesson.orm_statements(db, lesson.orm_select, 7) is sent
     compiled = [str(c) for c in lesson.compile_request(db, lesson.orm_select, 7)]
     assert compiled[0].startswith("SELECT posts.id") and "post_tags" in compiled[1]
     assert len(lesson.compile_request(db, lesson.simple_select, 7)) == 1
