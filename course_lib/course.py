@@ -12,6 +12,7 @@ each backend holds that scale's dataset (building it only when missing), and ret
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 import warnings
@@ -200,6 +201,13 @@ def free_frames(error: BaseException | None) -> None:
             pending.append(orig)
 
 
+def _without_path(exc: ImportError) -> None:
+    """Drop the file path Python appends to "cannot import name" (a path of this machine)."""
+    cleaned = re.sub(r"\s*\([^()]*[/\\][^()]*\)$", "", str(exc))
+    exc.msg = cleaned
+    exc.args = (cleaned,)
+
+
 @contextmanager
 def short_errors(limit: int = 160) -> Iterator[None]:
     """Show an error raised in the block as one short message, and leave nothing behind.
@@ -207,11 +215,13 @@ def short_errors(limit: int = 160) -> Iterator[None]:
     A statement with 30,000 bind parameters is hundreds of kilobytes of SQL, and
     SQLAlchemy's error message repeats all of it, under a long traceback through
     SQLAlchemy's internals. This trims the SQL in a ``StatementError`` to its first
-    ``limit`` characters and, in IPython, reports this cell's error as its type and message
-    only (the traceback mode is restored after the cell). It also frees what the error's
-    frames hold: when a lazy load raises ``MissingGreenlet`` under aiosqlite, the driver's
-    cursor coroutine is left un-awaited in a frame, and Python would warn about it (with a
-    path of this machine) when it is collected, cells later. The exception itself is
+    ``limit`` characters, drops the file path from an ``ImportError`` ("cannot import name
+    'x' from 'y' (/path/to/y.py)": a path of this machine) and, in IPython, reports this
+    cell's error as its type and message only (the traceback mode is restored after the
+    cell). It also frees what the error's frames hold: when a lazy load raises
+    ``MissingGreenlet`` under aiosqlite, the driver's cursor coroutine is left un-awaited in
+    a frame, and Python would warn about it (with a path of this machine) when it is
+    collected, cells later. The exception itself is
     re-raised unchanged otherwise.
 
     >>> with short_errors():
@@ -228,6 +238,11 @@ def short_errors(limit: int = 160) -> Iterator[None]:
         except StatementError as exc:
             if exc.statement and len(exc.statement) > limit:
                 exc.statement = exc.statement[:limit] + " …"
+            free_frames(exc)
+            _minimal_traceback_for_this_cell()
+            raise
+        except ImportError as exc:
+            _without_path(exc)
             free_frames(exc)
             _minimal_traceback_for_this_cell()
             raise

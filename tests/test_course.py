@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from course_lib.backends import Backend, checkout_tag, scratch_database
-from course_lib.course import Course, setup
+from course_lib.course import Course, setup, short_errors
 from course_lib.environment import PACKAGES, environment_report, servers_ready
 from course_lib.settings import CourseConfigError, data_dir
 from course_lib.widgets import BACKEND_CHOICES, apply_choice, settings_picker
@@ -403,3 +403,10 @@ def test_short_errors_frees_what_a_raising_cell_abandoned(sqlite_db: Backend) ->
             asyncio.run(loop_in_cell())
         gc.collect()
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+def test_short_errors_drops_the_path_from_an_import_error() -> None:
+    """ "cannot import name" carries the module's file path: a path of this machine."""
+    with pytest.raises(ImportError) as raised, short_errors():
+        from sqlalchemy.ext.baked import baked_query  # noqa: F401
+    assert str(raised.value) == "cannot import name 'baked_query' from 'sqlalchemy.ext.baked'"

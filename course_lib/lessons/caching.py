@@ -169,7 +169,6 @@ __all__ = [
     "title_table",
     "uncached",
     "unsold_car",
-    "without_paths",
     "workload",
 ]
 
@@ -573,18 +572,6 @@ def reason(exc: BaseException, words: int = 18) -> str:
     message = re.sub(r"\s+", " ", message).strip()
     cut = " ".join(message.split()[:words])
     return f"{type(exc).__name__}: {cut}{' …' if len(message.split()) > words else ''}"
-
-
-@contextmanager
-def without_paths() -> Iterator[None]:
-    """Re-raise an ImportError without the file path Python appends to its message."""
-    try:
-        yield
-    except ImportError as exc:
-        cleaned = re.sub(r"\s*\([^()]*[/\\][^()]*\)$", "", str(exc))
-        exc.msg = cleaned  # type: ignore[attr-defined]
-        exc.args = (cleaned,)
-        raise
 
 
 # ----------------------------------------------------------- lambda_stmt and baked queries

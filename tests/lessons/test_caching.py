@@ -340,12 +340,6 @@ def test_reason_drops_code_objects_paths_and_addresses() -> None:
     assert lesson.reason(ValueError("a b c d"), words=2) == "ValueError: a b …"
 
 
-def test_without_paths_strips_the_module_path() -> None:
-    with pytest.raises(ImportError) as raised, lesson.without_paths():
-        from sqlalchemy.ext.baked import baked_query  # noqa: F401
-    assert str(raised.value) == "cannot import name 'baked_query' from 'sqlalchemy.ext.baked'"
-
-
 def test_asyncpg_prepared_statement_cache(shop: Backend) -> None:
     if shop.name != "postgresql":
         with pytest.raises(CourseConfigError):
